@@ -1,0 +1,93 @@
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+
+/// Every limit the engine enforces. Documented in the README; each one is tested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// One event's JSON (default 256 KiB).
+    pub max_event_bytes: usize,
+    /// One `POST /e/{key}` body (default 3 MiB).
+    pub max_request_bytes: usize,
+    /// Events in one request (default 5000).
+    pub max_events_per_request: usize,
+    /// Event name length in chars (default 256).
+    pub max_event_name_len: usize,
+    /// A step's (or a run's) serialized output (default 256 KiB). Larger outputs fail the step
+    /// with `OutputTooLarge`, non-retriable: store big data elsewhere and return a reference.
+    pub max_output_bytes: usize,
+    /// Steps (sleeps and sends included) in one run (default 1000, as in Inngest).
+    pub max_steps_per_run: u32,
+    /// Longest sleep (default 366 days).
+    pub max_sleep: Duration,
+    /// How long an event's `id` deduplicates sends (default 24 h).
+    pub idempotency_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_bytes: 256 * 1024,
+            max_request_bytes: 3 * 1024 * 1024,
+            max_events_per_request: 5000,
+            max_event_name_len: 256,
+            max_output_bytes: 256 * 1024,
+            max_steps_per_run: 1000,
+            max_sleep: Duration::from_secs(366 * 24 * 3600),
+            idempotency_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Retry backoff: exponential from `base`, capped, with full jitter in `[delay/2, delay]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { base: Duration::from_secs(1), max: Duration::from_secs(600) }
+    }
+}
+
+impl Backoff {
+    /// Delay before attempt `failed_attempt + 1`.
+    pub fn delay(&self, failed_attempt: u32, jitter: f64) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << failed_attempt.saturating_sub(1).min(20));
+        let capped = exp.min(self.max);
+        capped.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    pub limits: Limits,
+    pub backoff: Backoff,
+}
+
+/// Wall-clock time that follows tokio's clock, so tests with paused time see sleeps and
+/// backoffs end exactly when tokio's timers fire.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base_utc: DateTime<Utc>,
+    base_instant: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock { base_utc: Utc::now(), base_instant: Instant::now() }
+    }
+    pub fn now(&self) -> DateTime<Utc> {
+        let elapsed = Instant::now().saturating_duration_since(self.base_instant);
+        self.base_utc + chrono::Duration::from_std(elapsed).unwrap_or(chrono::TimeDelta::MAX)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}

@@ -1,0 +1,3 @@
+#[derive(Clone)]
+pub struct Ctx {}
+pub struct StepCtx {}

@@ -1,0 +1,323 @@
+//! Function definitions and the registry: the single source of truth from which handlers,
+//! queues and (later) template.yaml and vercel.json are generated.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::engine::Ctx;
+use crate::error::{Error, ErrorKind};
+use crate::model::{ErrorInfo, EventRecord};
+
+/// The event a function was triggered by, with typed `data`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event<D> {
+    pub id: String,
+    pub name: String,
+    pub data: D,
+    pub ts: i64,
+    #[serde(default)]
+    pub user: Value,
+}
+
+/// `data` of the `baton/function.failed` event a failure handler receives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailureData {
+    pub function_id: String,
+    pub run_id: String,
+    pub error: ErrorInfo,
+    /// The event of the run that failed.
+    pub event: Value,
+}
+
+/// Name of the event emitted when a run fails for good.
+pub const FUNCTION_FAILED: &str = "baton/function.failed";
+/// Name of the event emitted when a run is cancelled.
+pub const FUNCTION_CANCELLED: &str = "baton/function.cancelled";
+
+/// Resources and retry policy of one declared step: the unit that becomes its own handler
+/// binary, Lambda function and queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepConfig {
+    pub timeout: Duration,
+    pub memory_mb: u32,
+    /// Retries after the first attempt; `None` takes the function's default.
+    pub retries: Option<u32>,
+}
+
+impl Default for StepConfig {
+    fn default() -> Self {
+        StepConfig { timeout: Duration::from_secs(60), memory_mb: 256, retries: None }
+    }
+}
+
+impl StepConfig {
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    pub fn memory_mb(mut self, memory_mb: u32) -> Self {
+        self.memory_mb = memory_mb;
+        self
+    }
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+}
+
+/// What starts a function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub event: String,
+    /// Only events whose field at this dotted path (e.g. `data.function_id`) equals the value.
+    pub filter: Option<(String, Value)>,
+}
+
+impl Trigger {
+    pub fn matches(&self, event: &EventRecord) -> bool {
+        if self.event != event.name {
+            return false;
+        }
+        match &self.filter {
+            None => true,
+            Some((path, want)) => lookup(&event.to_json(), path) == Some(want),
+        }
+    }
+
+    /// The filter as the API shows it, e.g. `event.data.function_id == "x"`.
+    pub fn expression(&self) -> Option<String> {
+        self.filter.as_ref().map(|(path, value)| format!("event.{path} == {value}"))
+    }
+}
+
+/// Follows a dotted path (`data.user.id`) into a JSON value.
+pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(value, |v, key| v.get(key))
+}
+
+pub(crate) type Handler = Arc<dyn Fn(Ctx, EventRecord) -> BoxFuture<'static, Result<Value, Error>> + Send + Sync>;
+
+/// A durable function: id, triggers, declared steps and the code.
+#[derive(Clone)]
+pub struct Function {
+    pub id: String,
+    pub name: String,
+    pub triggers: Vec<Trigger>,
+    pub steps: BTreeMap<String, StepConfig>,
+    /// Default retries for steps that do not set their own.
+    pub retries: u32,
+    /// For a failure handler: the id of the function whose failures it handles.
+    pub failure_of: Option<String>,
+    pub(crate) handler: Option<Handler>,
+    pub(crate) on_failure: Option<Handler>,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function")
+            .field("id", &self.id)
+            .field("triggers", &self.triggers)
+            .field("steps", &self.steps)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+/// Default retries after the first attempt, as in Inngest.
+pub const DEFAULT_RETRIES: u32 = 3;
+
+impl Function {
+    pub fn new(id: impl Into<String>) -> Self {
+        let id = id.into();
+        Function {
+            name: id.clone(),
+            id,
+            triggers: Vec::new(),
+            steps: BTreeMap::new(),
+            retries: DEFAULT_RETRIES,
+            failure_of: None,
+            handler: None,
+            on_failure: None,
+        }
+    }
+
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Runs on every event with this name.
+    pub fn trigger(mut self, event: impl Into<String>) -> Self {
+        self.triggers.push(Trigger { event: event.into(), filter: None });
+        self
+    }
+
+    /// Runs on events with this name whose field at `path` equals `value`.
+    pub fn trigger_if(mut self, event: impl Into<String>, path: impl Into<String>, value: Value) -> Self {
+        self.triggers.push(Trigger { event: event.into(), filter: Some((path.into(), value)) });
+        self
+    }
+
+    /// Declares a step. Only declared names may be used with `ctx.step`.
+    pub fn step(mut self, name: impl Into<String>, config: StepConfig) -> Self {
+        self.steps.insert(name.into(), config);
+        self
+    }
+
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The function's code: `async fn(Ctx, Event<D>) -> Result<O, Error>`.
+    pub fn handler<D, O, F, Fut>(mut self, f: F) -> Self
+    where
+        D: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(Ctx, Event<D>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Error>> + Send + 'static,
+    {
+        self.handler = Some(erase(f));
+        self
+    }
+
+    /// Runs (as its own function, `{id}-failure`) when a run of this function fails for good.
+    pub fn on_failure<O, F, Fut>(mut self, f: F) -> Self
+    where
+        O: Serialize + Send + 'static,
+        F: Fn(Ctx, Event<FailureData>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Error>> + Send + 'static,
+    {
+        self.on_failure = Some(erase(f));
+        self
+    }
+
+    /// Retries allowed for a declared step (after its first attempt).
+    pub fn step_retries(&self, name: &str) -> u32 {
+        self.steps.get(name).and_then(|s| s.retries).unwrap_or(self.retries)
+    }
+
+    pub fn has_failure_handler(&self) -> bool {
+        self.on_failure.is_some()
+    }
+}
+
+fn erase<D, O, F, Fut>(f: F) -> Handler
+where
+    D: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+    F: Fn(Ctx, Event<D>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, Error>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |ctx: Ctx, event: EventRecord| {
+        let f = f.clone();
+        Box::pin(async move {
+            let data: D = serde_json::from_value(event.data.clone()).map_err(|e| {
+                Error::with_kind(
+                    ErrorKind::Definition,
+                    "InvalidEventData",
+                    format!("event {} data does not match the function's type: {e}", event.name),
+                )
+            })?;
+            let typed = Event { id: event.id, name: event.name, data, ts: event.ts, user: event.user };
+            let output = f(ctx, typed).await?;
+            serde_json::to_value(output).map_err(|e| {
+                Error::with_kind(ErrorKind::Definition, "OutputNotSerializable", e.to_string())
+            })
+        })
+    })
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DefinitionError {
+    #[error("function id {0:?} is registered twice")]
+    DuplicateId(String),
+    #[error("function {function:?}: {problem}")]
+    Invalid { function: String, problem: String },
+}
+
+/// Every function the app defines, failure handlers included.
+#[derive(Clone, Default)]
+pub struct Registry {
+    functions: Vec<Arc<Function>>,
+    by_id: HashMap<String, usize>,
+}
+
+/// Step names become queue and binary names: keep them to `[A-Za-z0-9_-]`, at most 64 chars.
+pub const MAX_NAME_LEN: usize = 64;
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Adds a function (and its failure handler, as `{id}-failure`) after checking it.
+    pub fn register(mut self, function: Function) -> Result<Self, DefinitionError> {
+        let invalid = |problem: String| DefinitionError::Invalid { function: function.id.clone(), problem };
+        if !valid_name(&function.id) {
+            return Err(invalid("ids are 1-64 chars of [A-Za-z0-9_-]".into()));
+        }
+        if function.handler.is_none() {
+            return Err(invalid("has no handler".into()));
+        }
+        if function.triggers.is_empty() {
+            return Err(invalid("has no trigger".into()));
+        }
+        if let Some(bad) = function.steps.keys().find(|s| !valid_name(s)) {
+            return Err(invalid(format!("step name {bad:?}: names are 1-64 chars of [A-Za-z0-9_-]")));
+        }
+        if let Some(on_failure) = function.on_failure.clone() {
+            let handler_fn = Function {
+                id: format!("{}-failure", function.id),
+                name: format!("{} (on failure)", function.name),
+                triggers: vec![Trigger {
+                    event: FUNCTION_FAILED.into(),
+                    filter: Some(("data.function_id".into(), Value::String(function.id.clone()))),
+                }],
+                steps: function.steps.clone(),
+                retries: function.retries,
+                failure_of: Some(function.id.clone()),
+                handler: Some(on_failure),
+                on_failure: None,
+            };
+            self = self.insert(handler_fn)?;
+        }
+        self.insert(function)
+    }
+
+    fn insert(mut self, function: Function) -> Result<Self, DefinitionError> {
+        if self.by_id.contains_key(&function.id) {
+            return Err(DefinitionError::DuplicateId(function.id));
+        }
+        self.by_id.insert(function.id.clone(), self.functions.len());
+        self.functions.push(Arc::new(function));
+        Ok(self)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Function>> {
+        self.by_id.get(id).map(|&i| &self.functions[i])
+    }
+
+    pub fn functions(&self) -> impl Iterator<Item = &Arc<Function>> {
+        self.functions.iter()
+    }
+
+    /// The functions an event starts, in registration order.
+    pub fn triggered_by<'a>(&'a self, event: &'a EventRecord) -> impl Iterator<Item = &'a Arc<Function>> + 'a {
+        self.functions.iter().filter(move |f| f.triggers.iter().any(|t| t.matches(event)))
+    }
+}

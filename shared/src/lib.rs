@@ -1,0 +1,33 @@
+//! Baton: durable functions for serverless Rust.
+//!
+//! A function is straight-line async Rust over a typed event. Each handler invocation replays
+//! it against the run's journal: finished steps return their recorded output, and the first
+//! step not yet recorded is planned (or, in that step's own handler, executed and recorded).
+//!
+//! Module map:
+//! - [`model`]: the stored records (events, runs, steps) and continuation messages.
+//! - [`function`]: defining functions, declared steps, the [`Registry`].
+//! - [`engine`]: the executor ([`Engine`]) and the [`Ctx`] function code talks to.
+//! - [`store`]: the [`Store`] trait, its backends and the conformance suite.
+//! - [`queue`]: the [`Queue`] trait and the in-process delayed queue.
+//! - [`api`]: the HTTP API of API.md as an axum `Router` (plain request in, response out).
+//! - [`local`]: the embedded runtime behind `baton dev`.
+//! - [`chaos`]: fault-injecting store and queue wrappers for property tests.
+//! - [`error`]: error types.
+
+pub mod api;
+pub mod chaos;
+pub mod engine;
+pub mod error;
+pub mod function;
+pub mod local;
+pub mod model;
+pub mod queue;
+pub mod store;
+
+pub use engine::{Ctx, Engine, EngineConfig, Limits, NewEvent, StepCtx};
+pub use error::{EngineError, Error, ErrorKind, StepError};
+pub use function::{Event, FailureData, Function, Registry, StepConfig};
+pub use model::{RunStatus, StepStatus};
+pub use queue::Queue;
+pub use store::Store;

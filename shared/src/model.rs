@@ -1,0 +1,291 @@
+//! The records the engine stores and the messages it sends. Plain data, serde everywhere:
+//! typed values are erased to JSON only here, at the storage boundary.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An event as stored: what an app sent (or the engine emitted), with its assigned id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Baton's event id (a ULID), returned to the sender.
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub data: Value,
+    /// Milliseconds since the epoch.
+    pub ts: i64,
+    #[serde(default)]
+    pub user: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v: Option<String>,
+    /// The sender's idempotency id (`id` in the request body), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_id: Option<String>,
+}
+
+impl EventRecord {
+    /// The event as function code and the API see it (Inngest's shape).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "data": self.data,
+            "ts": self.ts,
+            "user": self.user,
+            "v": self.v,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 5] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "Queued",
+            RunStatus::Running => "Running",
+            RunStatus::Completed => "Completed",
+            RunStatus::Failed => "Failed",
+            RunStatus::Cancelled => "Cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// `{"name", "message"}`: an error as recorded on a step or a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub name: String,
+    pub message: String,
+}
+
+impl ErrorInfo {
+    pub fn new(name: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorInfo { name: name.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub percent: u8,
+    pub message: String,
+}
+
+/// One run of one function on one event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// A ULID: sorting by id sorts by start time.
+    pub run_id: String,
+    pub function_id: String,
+    pub event_id: String,
+    /// A copy of the triggering event, so a handler reads one item, not two.
+    pub event: EventRecord,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub output: Option<Value>,
+    pub error: Option<ErrorInfo>,
+    pub progress: Option<Progress>,
+    /// Set on runs started by a replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
+}
+
+/// What a journal entry stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StepKind {
+    /// A user step: a closure run by the step's own handler.
+    Run,
+    /// A durable timer; `wake_at` says when.
+    Sleep,
+    /// Events sent from function code, journaled so a replay never sends twice.
+    SendEvent,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Run => "Run",
+            StepKind::Sleep => "Sleep",
+            StepKind::SendEvent => "SendEvent",
+        }
+    }
+    pub fn parse(s: &str) -> Option<StepKind> {
+        [StepKind::Run, StepKind::Sleep, StepKind::SendEvent].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StepStatus {
+    /// Scheduled, not started (or waiting for its next attempt, see `wake_at`).
+    Planned,
+    Running,
+    Completed,
+    /// Terminally failed (non-retriable, or retries exhausted). The error is journaled and
+    /// handed to the function code on every replay.
+    Failed,
+    Sleeping,
+    Waiting,
+}
+
+impl StepStatus {
+    /// A final step has its result journaled; it never changes again.
+    pub fn is_final(self) -> bool {
+        matches!(self, StepStatus::Completed | StepStatus::Failed)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Planned => "Planned",
+            StepStatus::Running => "Running",
+            StepStatus::Completed => "Completed",
+            StepStatus::Failed => "Failed",
+            StepStatus::Sleeping => "Sleeping",
+            StepStatus::Waiting => "Waiting",
+        }
+    }
+    pub fn parse(s: &str) -> Option<StepStatus> {
+        [
+            StepStatus::Planned,
+            StepStatus::Running,
+            StepStatus::Completed,
+            StepStatus::Failed,
+            StepStatus::Sleeping,
+            StepStatus::Waiting,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One journal entry: a step of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub run_id: String,
+    /// Unique within the run: the step name, or `name:N` for its N-th repeat.
+    pub step_id: String,
+    /// The declared step name (the unit that has its own handler and queue).
+    pub name: String,
+    pub kind: StepKind,
+    pub status: StepStatus,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Order in which the run planned its steps (0-based).
+    pub seq: u32,
+    pub planned_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Sleeps: when to wake. Steps waiting for a retry: when the next attempt is due.
+    pub wake_at: Option<DateTime<Utc>>,
+    pub output: Option<Value>,
+    /// The final error, or the last attempt's error while retries remain.
+    pub error: Option<ErrorInfo>,
+}
+
+/// The journaled result of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StepOutcome {
+    Completed(Value),
+    Failed(ErrorInfo),
+}
+
+/// A continuation: tiny, because all state is read from the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub run_id: String,
+    pub function_id: String,
+    pub kind: MessageKind,
+    /// Not to be acted on before this time. Queues cap their delays (SQS: 15 minutes), so a
+    /// handler that gets a message early sends it on again for the remaining time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MessageKind {
+    /// A new run: replay from the top and plan the first steps.
+    Start,
+    /// Execute one attempt of one step (handled by that step's own handler).
+    Step { step_id: String, name: String, attempt: u32 },
+    /// A sleep is due.
+    Wake { step_id: String },
+    /// Re-drive a run that may have lost a message (the sweeper, recovery after a crash).
+    Redrive,
+}
+
+/// Where a message goes: a step's own queue, or the function's continue queue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum QueueName {
+    Step { function_id: String, step: String },
+    Continue { function_id: String },
+}
+
+impl Message {
+    pub fn queue(&self) -> QueueName {
+        match &self.kind {
+            MessageKind::Step { name, .. } => {
+                QueueName::Step { function_id: self.function_id.clone(), step: name.clone() }
+            }
+            _ => QueueName::Continue { function_id: self.function_id.clone() },
+        }
+    }
+}
+
+/// A run with its journal, as `GET /v1/runs/{id}` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunDetail {
+    pub run: RunRecord,
+    pub steps: Vec<StepRecord>,
+}
+
+/// Filters and paging for listing runs, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunQuery {
+    pub function_id: Option<String>,
+    pub status: Option<RunStatus>,
+    pub started_after: Option<DateTime<Utc>>,
+    pub started_before: Option<DateTime<Utc>>,
+    pub limit: usize,
+    /// Opaque: the `cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPage {
+    pub runs: Vec<RunRecord>,
+    pub cursor: Option<String>,
+}
+
+/// A conditional change of a run's status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunTransition {
+    /// Applied only when the current status is one of these.
+    pub from: Vec<RunStatus>,
+    pub to: RunStatus,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub output: Option<Value>,
+    pub error: Option<ErrorInfo>,
+}

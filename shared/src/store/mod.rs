@@ -1,0 +1,106 @@
+//! The store: events, runs and their journals. Every state change is a single-item
+//! conditional write, so duplicated or reordered continuations change nothing, and the same
+//! contract maps onto DynamoDB (`ConditionExpression`) as onto SQLite (`UPDATE ... WHERE`).
+//!
+//! Backends: [`memory::MemoryStore`] (tests), [`sqlite::SqliteStore`] (the embedded default).
+//! [`conformance`] is the one test suite every backend must pass.
+
+pub mod conformance;
+pub mod memory;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::StoreError;
+use crate::model::{
+    ErrorInfo, EventRecord, Progress, RunPage, RunQuery, RunRecord, RunTransition, StepOutcome,
+    StepRecord,
+};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for `/health` ("sqlite", "memory", "dynamodb").
+    fn backend(&self) -> &'static str;
+
+    // ---- events ----
+
+    /// Claims a sender's idempotency id for `event_id` until `expires_at`. Returns the event id
+    /// that already holds the claim, if an unexpired claim exists (then nothing changes).
+    async fn claim_idempotency_id(
+        &self,
+        idempotency_id: &str,
+        event_id: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<Option<String>>;
+
+    /// Stores an event unless one with its id exists. True when written.
+    async fn put_event(&self, event: &EventRecord) -> StoreResult<bool>;
+
+    async fn get_event(&self, event_id: &str) -> StoreResult<Option<EventRecord>>;
+
+    // ---- runs ----
+
+    /// Creates a run unless one with its id exists. True when written.
+    async fn create_run(&self, run: &RunRecord) -> StoreResult<bool>;
+
+    async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>>;
+
+    /// Changes the status (and end time, output, error) only when the current status is in
+    /// `t.from`. True when applied.
+    async fn transition_run(&self, run_id: &str, t: &RunTransition) -> StoreResult<bool>;
+
+    /// Sets the progress of a run that has not ended. True when applied.
+    async fn set_progress(&self, run_id: &str, progress: &Progress) -> StoreResult<bool>;
+
+    /// Runs newest first (by run id), filtered, one page at a time.
+    async fn list_runs(&self, query: &RunQuery) -> StoreResult<RunPage>;
+
+    /// Every run an event started (including replays), oldest first.
+    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunRecord>>;
+
+    // ---- journal ----
+
+    /// The run's steps ordered by `seq`, read strongly consistent: a handler that just
+    /// recorded an output must see every output recorded before it.
+    async fn journal(&self, run_id: &str) -> StoreResult<Vec<StepRecord>>;
+
+    /// Adds a step to the journal unless it is already there ("schedule only if not already
+    /// scheduled"). True when written: the caller then enqueues it.
+    async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool>;
+
+    /// Starts attempt `attempt` (1-based): applied when the step is not final and its
+    /// attempt counter is at most `attempt`; sets status Running, the counter, and the start
+    /// time if unset. A redelivered message may start the same attempt again.
+    async fn begin_attempt(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: u32,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Records a failed attempt that will be retried: applied when the step is not final and
+    /// its counter equals `attempt`; status back to Planned, `error`, `wake_at = next_at`.
+    async fn retry_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: u32,
+        error: &ErrorInfo,
+        next_at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Journals the step's result: applied only when the step is not final, so a recorded
+    /// output is never overwritten. True when this call recorded it.
+    async fn finish_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        outcome: &StepOutcome,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+}
