@@ -76,9 +76,6 @@ pub enum ErrorKind {
     /// A programming error the engine detected (undeclared step, non-deterministic replay,
     /// an oversized output). The run fails with it, whatever the code does with it.
     Definition,
-    /// The engine stopped this invocation (the store or queue is unavailable). Propagate it with
-    /// `?`: the message is delivered again and the run resumes from its journal.
-    Interrupted,
 }
 
 impl Error {
@@ -140,6 +137,8 @@ pub enum EngineError {
     Queue(#[from] QueueError),
     #[error("invalid input: {0}")]
     Invalid(String),
+    #[error("too large: {0}")]
+    TooLarge(String),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("conflict: {0}")]

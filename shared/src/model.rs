@@ -212,7 +212,7 @@ pub enum StepOutcome {
 }
 
 /// A continuation: tiny, because all state is read from the store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
     pub run_id: String,
     pub function_id: String,
@@ -223,7 +223,7 @@ pub struct Message {
     pub not_before: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MessageKind {
     /// A new run: replay from the top and plan the first steps.

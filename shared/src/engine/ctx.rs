@@ -1,3 +1,529 @@
+//! [`Ctx`]: what function code talks to. Each method assigns the next step id, looks the step
+//! up in the journal, and either returns the journaled result, executes it (only the step this
+//! invocation was sent to run), or plans it and never resolves, so the invocation ends there.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use super::{Engine, NewEvent};
+use crate::error::{EngineError, Error, ErrorKind, StepError};
+use crate::function::Function;
+use crate::model::{
+    ErrorInfo, Message, MessageKind, Progress, RunRecord, StepKind, StepOutcome, StepRecord, StepStatus,
+};
+
+/// Handed to a step body: who it is, for logs and for idempotency keys of outside calls
+/// (a body may run more than once; a recorded output never changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepCtx {
+    pub run_id: String,
+    pub step_id: String,
+    /// 1-based.
+    pub attempt: u32,
+    /// `{run_id}:{step_id}`: pass it to outside APIs that deduplicate.
+    pub idempotency_key: String,
+}
+
+/// The step this invocation executes (one per invocation).
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub step_id: String,
+    pub attempt: u32,
+}
+
+/// A step the run is blocked on, found while replaying.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub record: StepRecord,
+    /// Not yet in the journal: plan it (and enqueue it when this handler wins the plan).
+    pub is_new: bool,
+}
+
+/// Function code's handle on its run.
 #[derive(Clone)]
-pub struct Ctx {}
-pub struct StepCtx {}
+pub struct Ctx {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    run: RunRecord,
+    function: Arc<Function>,
+    target: Option<Target>,
+    now: DateTime<Utc>,
+    wake: Arc<Notify>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    journal: HashMap<String, StepRecord>,
+    name_counts: HashMap<String, u32>,
+    visited: HashSet<String>,
+    next_seq: u32,
+    pending: Vec<Pending>,
+    /// Step bodies (and inline sends) in progress: while any runs, the pass is not blocked.
+    active: usize,
+    /// A definition error (undeclared step, non-determinism): fails the run whatever the code does.
+    fatal: Option<Error>,
+    /// The store or queue failed: the invocation stops and the message is delivered again.
+    interrupted: Option<EngineError>,
+    progress: Option<Progress>,
+    /// Messages to send once the pass ends (retries).
+    outbox: Vec<(Message, Duration)>,
+}
+
+/// Decrements the active count when a body ends, however it ends, and wakes the driver.
+struct ActiveGuard<'a>(&'a Ctx);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.state().active -= 1;
+        self.0.inner.wake.notify_one();
+    }
+}
+
+/// How a replay pass ended.
+pub(crate) enum PassEnd {
+    Finished(Result<Value, Error>),
+    Blocked,
+}
+
+/// Everything the executor needs after a pass.
+pub(crate) struct PassResult {
+    pub end: PassEnd,
+    pub fatal: Option<Error>,
+    pub interrupted: Option<EngineError>,
+    pub pending: Vec<Pending>,
+    pub progress: Option<Progress>,
+    pub outbox: Vec<(Message, Duration)>,
+    /// Journal entries the pass never reached.
+    pub unvisited: Vec<String>,
+}
+
+impl Ctx {
+    pub(crate) fn new(
+        engine: Engine,
+        run: RunRecord,
+        function: Arc<Function>,
+        journal: Vec<StepRecord>,
+        target: Option<Target>,
+        now: DateTime<Utc>,
+    ) -> Ctx {
+        let state = State {
+            journal: journal.into_iter().map(|s| (s.step_id.clone(), s)).collect(),
+            progress: run.progress.clone(),
+            ..State::default()
+        };
+        Ctx {
+            inner: Arc::new(Inner {
+                engine,
+                run,
+                function,
+                target,
+                now,
+                wake: Arc::new(Notify::new()),
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.inner.run.run_id
+    }
+
+    pub fn function_id(&self) -> &str {
+        &self.inner.run.function_id
+    }
+
+    /// Runs `body` once, durably: its output is journaled and returned on every replay.
+    ///
+    /// `name` must be declared on the function. Errors from the body are retried per the
+    /// step's policy; when retries are exhausted (or the error is non-retriable) this returns
+    /// an error of kind [`ErrorKind::StepFailed`], which the code may handle.
+    pub async fn step<T, F, Fut>(&self, name: &str, body: F) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(StepCtx) -> Fut,
+        Fut: Future<Output = Result<T, StepError>>,
+    {
+        let (step_id, existing) = self.enter(name, StepKind::Run)?;
+        if let Some(done) = existing.as_ref().and_then(journaled::<T>) {
+            return done;
+        }
+        let record = existing.unwrap_or_else(|| self.new_record(&step_id, name, StepKind::Run, None));
+        let attempt = match &self.inner.target {
+            Some(t) if t.step_id == step_id => t.attempt,
+            _ => return self.block(record).await,
+        };
+        let _active = self.activate();
+        let engine = &self.inner.engine;
+        let run_id = self.run_id();
+        let started = engine.now();
+        match engine.store().begin_attempt(run_id, &step_id, attempt, started).await {
+            Err(e) => return self.interrupt(e.into()).await,
+            // Final already, or a stale attempt number: defer to the journal.
+            Ok(false) => return self.reread::<T>(&step_id, name).await,
+            Ok(true) => {}
+        }
+        let config = self.inner.function.steps.get(name).cloned().unwrap_or_default();
+        let step_ctx = StepCtx {
+            run_id: run_id.to_string(),
+            step_id: step_id.clone(),
+            attempt,
+            idempotency_key: format!("{run_id}:{step_id}"),
+        };
+        let result = match tokio::time::timeout(config.timeout, AssertUnwindSafe(body(step_ctx)).catch_unwind()).await {
+            Err(_) => Err(StepError::retriable(format!("step timed out after {:?}", config.timeout))
+                .named("StepTimeout")),
+            Ok(Err(panic)) => Err(StepError::non_retriable(panic_message(&panic)).named("StepPanicked")),
+            Ok(Ok(r)) => r,
+        };
+        let result = result.and_then(|output| {
+            let value = serde_json::to_value(&output).map_err(|e| {
+                StepError::non_retriable(format!("output is not serializable: {e}")).named("OutputNotSerializable")
+            })?;
+            engine.check_output_size(&value).map_err(|e| e.named("OutputTooLarge"))?;
+            Ok(value)
+        });
+        let ended = engine.now();
+        let outcome = match result {
+            Ok(value) => StepOutcome::Completed(value),
+            Err(err) if err.retriable && attempt <= self.inner.function.step_retries(name) => {
+                let delay = engine.retry_delay(attempt, err.retry_after);
+                let next_at = ended + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX);
+                match engine.store().retry_step(run_id, &step_id, attempt, &err.info(), next_at).await {
+                    Err(e) => return self.interrupt(e.into()).await,
+                    Ok(false) => return self.reread::<T>(&step_id, name).await,
+                    Ok(true) => {}
+                }
+                let message = Message {
+                    run_id: run_id.to_string(),
+                    function_id: self.function_id().to_string(),
+                    kind: MessageKind::Step { step_id: step_id.clone(), name: name.to_string(), attempt: attempt + 1 },
+                    not_before: Some(next_at),
+                };
+                self.state().outbox.push((message, delay));
+                drop(_active);
+                return std::future::pending().await;
+            }
+            Err(err) => StepOutcome::Failed(err.info()),
+        };
+        match engine.store().finish_step(run_id, &step_id, &outcome, ended).await {
+            Err(e) => self.interrupt(e.into()).await,
+            Ok(false) => self.reread::<T>(&step_id, name).await,
+            Ok(true) => {
+                let mut record = record;
+                record.attempts = attempt;
+                record.ended_at = Some(ended);
+                set_outcome(&mut record, outcome);
+                let result = journaled::<T>(&record).expect("a finished step is final");
+                self.state().journal.insert(step_id, record);
+                result
+            }
+        }
+    }
+
+    /// Sleeps durably for `duration` (up to the engine's `max_sleep`, a year by default).
+    pub async fn sleep(&self, name: &str, duration: Duration) -> Result<(), Error> {
+        let until = self.inner.now + chrono::Duration::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
+        self.sleep_step(name, until).await
+    }
+
+    /// Sleeps durably until `until` (at most `max_sleep` from when the sleep is first planned).
+    pub async fn sleep_until(&self, name: &str, until: DateTime<Utc>) -> Result<(), Error> {
+        self.sleep_step(name, until).await
+    }
+
+    async fn sleep_step(&self, name: &str, until: DateTime<Utc>) -> Result<(), Error> {
+        let (step_id, existing) = self.enter(name, StepKind::Sleep)?;
+        if let Some(record) = existing {
+            if record.status.is_final() {
+                return Ok(());
+            }
+            return self.block(record).await;
+        }
+        let max = self.inner.engine.limits().max_sleep;
+        let longest = self.inner.now + chrono::Duration::from_std(max).unwrap_or(chrono::TimeDelta::MAX);
+        if until > longest {
+            return Err(self.fail_definition(
+                "SleepTooLong",
+                format!("sleep {name:?} until {until} is longer than the limit of {max:?}"),
+            ));
+        }
+        let record = self.new_record(&step_id, name, StepKind::Sleep, Some(until));
+        self.block(record).await
+    }
+
+    /// Sends events from function code, journaled: a replay returns the same event ids and
+    /// sends nothing. Returns the event ids.
+    pub async fn send_event(&self, name: &str, events: Vec<NewEvent>) -> Result<Vec<String>, Error> {
+        let (step_id, existing) = self.enter(name, StepKind::SendEvent)?;
+        if let Some(done) = existing.as_ref().and_then(journaled::<Vec<String>>) {
+            return done;
+        }
+        let _active = self.activate();
+        let engine = &self.inner.engine;
+        let record = existing.unwrap_or_else(|| self.new_record(&step_id, name, StepKind::SendEvent, None));
+        if let Err(e) = engine.store().plan_step(&record).await {
+            return self.interrupt(e.into()).await;
+        }
+        // Idempotency ids derived from the step make a re-send after a crash a no-op.
+        let events = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut ev)| {
+                ev.id = Some(format!("{}:{step_id}:{i}", self.run_id()));
+                ev
+            })
+            .collect::<Vec<_>>();
+        let outcome = match engine.send_events(events).await {
+            Ok(ids) => StepOutcome::Completed(Value::from(ids)),
+            Err(EngineError::Invalid(msg)) => StepOutcome::Failed(ErrorInfo::new("InvalidEvent", msg)),
+            Err(e) => return self.interrupt(e).await,
+        };
+        match engine.store().finish_step(self.run_id(), &step_id, &outcome, engine.now()).await {
+            Err(e) => self.interrupt(e.into()).await,
+            Ok(false) => self.reread::<Vec<String>>(&step_id, name).await,
+            Ok(true) => {
+                let mut record = record;
+                set_outcome(&mut record, outcome);
+                let result = journaled::<Vec<String>>(&record).expect("final");
+                self.state().journal.insert(step_id, record);
+                result
+            }
+        }
+    }
+
+    /// Reports progress, shown in the run's status. The last value reached by a replay is
+    /// stored once per invocation.
+    pub async fn progress(&self, percent: u8, message: impl Into<String>) -> Result<(), Error> {
+        self.state().progress = Some(Progress { percent: percent.min(100), message: message.into() });
+        Ok(())
+    }
+
+    // ---- internals ----
+
+    /// Assigns the next step id for `name` and checks it against the journal.
+    fn enter(&self, name: &str, kind: StepKind) -> Result<(String, Option<StepRecord>), Error> {
+        if kind == StepKind::Run && !self.inner.function.steps.contains_key(name) {
+            let declared = self.inner.function.steps.keys().cloned().collect::<Vec<_>>().join(", ");
+            return Err(self.fail_definition(
+                "UndeclaredStep",
+                format!(
+                    "step {name:?} is not declared on function {:?} (declared: {declared})",
+                    self.inner.function.id
+                ),
+            ));
+        }
+        let mut state = self.state();
+        let count = state.name_counts.entry(name.to_string()).or_insert(0);
+        let step_id = if *count == 0 { name.to_string() } else { format!("{name}:{count}") };
+        *count += 1;
+        state.next_seq += 1;
+        if state.next_seq > self.inner.engine.limits().max_steps_per_run {
+            let max = self.inner.engine.limits().max_steps_per_run;
+            drop(state);
+            return Err(self.fail_definition("TooManySteps", format!("a run may have at most {max} steps")));
+        }
+        state.visited.insert(step_id.clone());
+        let existing = state.journal.get(&step_id).cloned();
+        drop(state);
+        if let Some(record) = &existing {
+            if record.kind != kind || record.name != name {
+                return Err(self.fail_definition(
+                    "NonDeterministic",
+                    format!(
+                        "replay reached {kind:?} step {step_id:?} where the journal has a {:?} step named {:?}: \
+                         code outside steps must be deterministic",
+                        record.kind, record.name
+                    ),
+                ));
+            }
+        }
+        Ok((step_id, existing))
+    }
+
+    fn new_record(&self, step_id: &str, name: &str, kind: StepKind, wake_at: Option<DateTime<Utc>>) -> StepRecord {
+        let seq = self.state().next_seq - 1;
+        StepRecord {
+            run_id: self.run_id().to_string(),
+            step_id: step_id.to_string(),
+            name: name.to_string(),
+            kind,
+            status: if kind == StepKind::Sleep { StepStatus::Sleeping } else { StepStatus::Planned },
+            attempts: 0,
+            seq,
+            planned_at: self.inner.now,
+            started_at: None,
+            ended_at: None,
+            wake_at,
+            output: None,
+            error: None,
+        }
+    }
+
+    /// The run is blocked on this step: note it and never resolve.
+    async fn block<T>(&self, record: StepRecord) -> T {
+        {
+            let mut state = self.state();
+            if !state.pending.iter().any(|p| p.record.step_id == record.step_id) {
+                let is_new = !state.journal.contains_key(&record.step_id);
+                state.pending.push(Pending { record, is_new });
+            }
+        }
+        std::future::pending().await
+    }
+
+    fn activate(&self) -> ActiveGuard<'_> {
+        self.state().active += 1;
+        ActiveGuard(self)
+    }
+
+    fn fail_definition(&self, name: &str, message: String) -> Error {
+        let error = Error::with_kind(ErrorKind::Definition, name, message);
+        self.state().fatal.get_or_insert_with(|| error.clone());
+        error
+    }
+
+    /// Stops the invocation: the pass reports the error and the message is redelivered.
+    async fn interrupt<T>(&self, error: EngineError) -> T {
+        self.state().interrupted.get_or_insert(error);
+        self.inner.wake.notify_one();
+        std::future::pending().await
+    }
+
+    /// Another handler finished this step (or a newer attempt owns it): use the journal.
+    async fn reread<T: DeserializeOwned>(&self, step_id: &str, name: &str) -> Result<T, Error> {
+        let journal = match self.inner.engine.store().journal(self.run_id()).await {
+            Ok(j) => j,
+            Err(e) => return self.interrupt(e.into()).await,
+        };
+        let record = journal.into_iter().find(|s| s.step_id == step_id);
+        match record {
+            Some(record) if record.status.is_final() => {
+                let result = journaled::<T>(&record).expect("final");
+                self.state().journal.insert(step_id.to_string(), record);
+                result
+            }
+            Some(record) => self.block(record).await,
+            None => {
+                let record = self.new_record(step_id, name, StepKind::Run, None);
+                self.block(record).await
+            }
+        }
+    }
+
+    /// Drives the function to its end or until it is blocked on planned steps.
+    pub(crate) async fn run_pass(self, handler_fut: futures::future::BoxFuture<'static, Result<Value, Error>>) -> PassResult {
+        let wake = self.inner.wake.clone();
+        let waker = futures::task::waker(Arc::new(NotifyWaker(wake.clone())));
+        let mut fut = AssertUnwindSafe(handler_fut).catch_unwind();
+        let end = loop {
+            let polled = fut.poll_unpin(&mut std::task::Context::from_waker(&waker));
+            match polled {
+                std::task::Poll::Ready(Ok(result)) => break PassEnd::Finished(result),
+                std::task::Poll::Ready(Err(panic)) => {
+                    break PassEnd::Finished(Err(self.fail_definition(
+                        "FunctionPanicked",
+                        panic_message(&panic),
+                    )));
+                }
+                std::task::Poll::Pending => {}
+            }
+            {
+                let state = self.state();
+                if state.interrupted.is_some() || state.fatal.is_some() {
+                    break PassEnd::Blocked;
+                }
+                if state.active == 0 && !state.pending.is_empty() {
+                    break PassEnd::Blocked;
+                }
+            }
+            wake.notified().await;
+        };
+        drop(fut);
+        let mut state = self.state();
+        let unvisited = state.journal.keys().filter(|id| !state.visited.contains(*id)).cloned().collect();
+        PassResult {
+            end,
+            fatal: state.fatal.take(),
+            interrupted: state.interrupted.take(),
+            pending: std::mem::take(&mut state.pending),
+            progress: state.progress.take(),
+            outbox: std::mem::take(&mut state.outbox),
+            unvisited,
+        }
+    }
+}
+
+struct NotifyWaker(Arc<Notify>);
+
+impl futures::task::ArcWake for NotifyWaker {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.0.notify_one();
+    }
+}
+
+/// The journaled result of a final step, typed; None while it is not final.
+fn journaled<T: DeserializeOwned>(record: &StepRecord) -> Option<Result<T, Error>> {
+    match record.status {
+        StepStatus::Completed => {
+            let value = record.output.clone().unwrap_or(Value::Null);
+            Some(serde_json::from_value(value).map_err(|e| {
+                Error::with_kind(
+                    ErrorKind::Definition,
+                    "OutputTypeMismatch",
+                    format!("journaled output of step {:?} does not match its type: {e}", record.step_id),
+                )
+            }))
+        }
+        StepStatus::Failed => {
+            let info = record.error.clone().unwrap_or_else(|| ErrorInfo::new("StepFailed", "step failed"));
+            Some(Err(Error::with_kind(
+                ErrorKind::StepFailed { step_id: record.step_id.clone() },
+                info.name,
+                info.message,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn set_outcome(record: &mut StepRecord, outcome: StepOutcome) {
+    match outcome {
+        StepOutcome::Completed(v) => {
+            record.status = StepStatus::Completed;
+            record.output = Some(v);
+            record.error = None;
+        }
+        StepOutcome::Failed(e) => {
+            record.status = StepStatus::Failed;
+            record.error = Some(e);
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".to_string()
+    }
+}

@@ -1,27 +1,569 @@
 //! The executor: ingesting events, handling continuation messages by replay, and the run
-//! operations of the API (cancel, replay).
+//! operations of the API (cancel, replay, the sweeper's re-drive).
+//!
+//! One way through the code for a run: [`Engine::handle`] reads the run and its journal,
+//! replays the function ([`Ctx`]), then concludes: finish or fail the run, or plan the steps it
+//! is blocked on (a conditional write each; only the handler that wins a plan enqueues it).
 
 mod config;
 mod ctx;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use ulid::Ulid;
+
 pub use config::{Backoff, Clock, EngineConfig, Limits};
 pub use ctx::{Ctx, StepCtx};
+use ctx::{PassEnd, PassResult, Pending, Target};
+
+use crate::error::{EngineError, StepError};
+use crate::function::{FUNCTION_CANCELLED, FUNCTION_FAILED, Function, Registry};
+use crate::model::{
+    ErrorInfo, EventRecord, Message, MessageKind, RunDetail, RunQuery, RunRecord, RunStatus, RunTransition,
+    StepKind, StepOutcome, StepStatus,
+};
+use crate::queue::{Envelope, Queue};
+use crate::store::Store;
+
+/// Event names starting with these are the engine's own.
+pub const RESERVED_PREFIXES: [&str; 2] = ["baton/", "inngest/"];
 
 /// An event as a sender submits it (before it has an id).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewEvent {
     pub name: String,
     #[serde(default)]
-    pub data: serde_json::Value,
+    pub data: Value,
+    /// The sender's idempotency id.
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
     pub ts: Option<i64>,
     #[serde(default)]
-    pub user: Option<serde_json::Value>,
+    pub user: Option<Value>,
     #[serde(default)]
     pub v: Option<String>,
 }
 
+impl NewEvent {
+    pub fn new(name: impl Into<String>, data: Value) -> Self {
+        NewEvent { name: name.into(), data, id: None, ts: None, user: None, v: None }
+    }
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
 #[derive(Clone)]
-pub struct Engine {}
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    config: EngineConfig,
+    clock: Clock,
+}
+
+impl Engine {
+    pub fn new(registry: Registry, store: Arc<dyn Store>, queue: Arc<dyn Queue>, config: EngineConfig) -> Self {
+        Engine { inner: Arc::new(Inner { registry, store, queue, config, clock: Clock::new() }) }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+    pub fn queue(&self) -> &Arc<dyn Queue> {
+        &self.inner.queue
+    }
+    pub fn limits(&self) -> &Limits {
+        &self.inner.config.limits
+    }
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    // ---- events ----
+
+    /// Checks one event against the limits. Reserved names are refused unless `internal`.
+    pub fn validate_event(&self, event: &NewEvent, internal: bool) -> Result<(), EngineError> {
+        let limits = self.limits();
+        let len = event.name.chars().count();
+        if len == 0 {
+            return Err(EngineError::Invalid("event name is required".into()));
+        }
+        if len > limits.max_event_name_len {
+            return Err(EngineError::Invalid(format!(
+                "event name is {len} chars, over the limit of {}",
+                limits.max_event_name_len
+            )));
+        }
+        if !internal && RESERVED_PREFIXES.iter().any(|p| event.name.starts_with(p)) {
+            return Err(EngineError::Invalid(format!(
+                "event name {:?} is reserved (names starting with {} are the engine's own)",
+                event.name,
+                RESERVED_PREFIXES.join(" or ")
+            )));
+        }
+        if !(event.data.is_object() || event.data.is_null()) {
+            return Err(EngineError::Invalid("event data must be a JSON object".into()));
+        }
+        if let Some(user) = &event.user {
+            if !(user.is_object() || user.is_null()) {
+                return Err(EngineError::Invalid("event user must be a JSON object".into()));
+            }
+        }
+        let size = serde_json::to_vec(event).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > limits.max_event_bytes {
+            return Err(EngineError::TooLarge(format!(
+                "event {:?} is {size} bytes, over the limit of {} bytes",
+                event.name, limits.max_event_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores events and starts every run they trigger. Returns the event ids in order.
+    /// All events are validated before anything is stored.
+    pub async fn send_events(&self, events: Vec<NewEvent>) -> Result<Vec<String>, EngineError> {
+        self.ingest(events, false).await
+    }
+
+    /// The engine's own events (reserved names allowed).
+    async fn emit(&self, event: NewEvent) -> Result<String, EngineError> {
+        Ok(self.ingest(vec![event], true).await?.remove(0))
+    }
+
+    async fn ingest(&self, events: Vec<NewEvent>, internal: bool) -> Result<Vec<String>, EngineError> {
+        if events.len() > self.limits().max_events_per_request {
+            return Err(EngineError::Invalid(format!(
+                "{} events in one request, over the limit of {}",
+                events.len(),
+                self.limits().max_events_per_request
+            )));
+        }
+        for event in &events {
+            self.validate_event(event, internal)?;
+        }
+        let mut ids = Vec::with_capacity(events.len());
+        let mut starts = Vec::new();
+        for event in events {
+            let (record, duplicate) = self.store_event(event).await?;
+            starts.extend(self.create_runs(&record, duplicate).await?);
+            ids.push(record.id);
+        }
+        self.send(starts).await?;
+        Ok(ids)
+    }
+
+    /// Stores one event, honouring its idempotency id. Returns the stored event and whether
+    /// the id was a repeat.
+    async fn store_event(&self, event: NewEvent) -> Result<(EventRecord, bool), EngineError> {
+        let store = self.store();
+        let now = self.now();
+        let fresh_id = new_ulid(now);
+        let existing = match &event.id {
+            Some(key) => {
+                let window = chrono::Duration::from_std(self.limits().idempotency_window).unwrap_or_default();
+                store.claim_idempotency_id(key, &fresh_id, now, now + window).await?
+            }
+            None => None,
+        };
+        let duplicate = existing.is_some();
+        let record = EventRecord {
+            id: existing.unwrap_or(fresh_id),
+            name: event.name,
+            data: if event.data.is_null() { json!({}) } else { event.data },
+            ts: event.ts.unwrap_or(now.timestamp_millis()),
+            user: event.user.filter(|u| !u.is_null()).unwrap_or_else(|| json!({})),
+            v: event.v,
+            idempotency_id: event.id,
+        };
+        if duplicate {
+            if let Some(stored) = store.get_event(&record.id).await? {
+                return Ok((stored, true));
+            }
+        }
+        store.put_event(&record).await?;
+        Ok((record, duplicate))
+    }
+
+    /// Creates the runs an event triggers (ids derived from the event, so a repeat creates
+    /// none) and returns their start messages. A repeat re-sends starts: a start that was lost
+    /// in a crash is recovered, and a duplicate one is harmless.
+    async fn create_runs(&self, event: &EventRecord, repeat: bool) -> Result<Vec<Envelope>, EngineError> {
+        let mut starts = Vec::new();
+        for function in self.registry().triggered_by(event) {
+            let run = self.new_run(run_id_for(&event.id, &function.id), function, event.clone(), None);
+            if self.store().create_run(&run).await? || repeat {
+                starts.push(Envelope { message: start_message(&run), delay: Duration::ZERO });
+            }
+        }
+        Ok(starts)
+    }
+
+    fn new_run(&self, run_id: String, function: &Function, event: EventRecord, replay_of: Option<String>) -> RunRecord {
+        RunRecord {
+            run_id,
+            function_id: function.id.clone(),
+            event_id: event.id.clone(),
+            event,
+            status: RunStatus::Queued,
+            started_at: self.now(),
+            ended_at: None,
+            output: None,
+            error: None,
+            progress: None,
+            replay_of,
+        }
+    }
+
+    // ---- continuations ----
+
+    /// One handler invocation: act on one message. An error means "deliver it again".
+    pub async fn handle(&self, message: Message) -> Result<(), EngineError> {
+        let now = self.now();
+        if let Some(due) = message.not_before.filter(|due| *due > now) {
+            return self.send_at(message, due).await;
+        }
+        let store = self.store();
+        let Some(mut run) = store.get_run(&message.run_id).await? else {
+            tracing::warn!(run_id = %message.run_id, "message for an unknown run dropped");
+            return Ok(());
+        };
+        if run.status.is_terminal() {
+            return Ok(());
+        }
+        let Some(function) = self.registry().get(&run.function_id).cloned() else {
+            let error = ErrorInfo::new("UnknownFunction", format!("function {:?} is not registered", run.function_id));
+            return self.fail_run(&run, error).await;
+        };
+        if run.status == RunStatus::Queued {
+            let t = RunTransition {
+                from: vec![RunStatus::Queued],
+                to: RunStatus::Running,
+                ended_at: None,
+                output: None,
+                error: None,
+            };
+            store.transition_run(&run.run_id, &t).await?;
+            run.status = RunStatus::Running;
+        }
+        let mut journal = store.journal(&run.run_id).await?;
+        let target = match &message.kind {
+            MessageKind::Step { step_id, attempt, .. } => Some(Target { step_id: step_id.clone(), attempt: *attempt }),
+            MessageKind::Wake { step_id } => {
+                let sleep = journal.iter().find(|s| &s.step_id == step_id && s.kind == StepKind::Sleep);
+                if let Some(sleep) = sleep.filter(|s| !s.status.is_final()) {
+                    if let Some(due) = sleep.wake_at.filter(|due| *due > now) {
+                        return self.send_at(Message { not_before: Some(due), ..message }, due).await;
+                    }
+                    store.finish_step(&run.run_id, step_id, &StepOutcome::Completed(Value::Null), now).await?;
+                    journal = store.journal(&run.run_id).await?;
+                }
+                None
+            }
+            MessageKind::Start | MessageKind::Redrive => None,
+        };
+        let handler = function.handler.clone().expect("registered functions have a handler");
+        let ctx = Ctx::new(self.clone(), run.clone(), function.clone(), journal, target, now);
+        let pass = ctx.clone().run_pass(handler(ctx, run.event.clone())).await;
+        self.conclude(&run, pass, message.kind == MessageKind::Redrive).await
+    }
+
+    async fn conclude(&self, run: &RunRecord, pass: PassResult, redrive: bool) -> Result<(), EngineError> {
+        let store = self.store();
+        // Retries were journaled during the pass; their messages go out whatever happens next.
+        let retries = pass.outbox.into_iter().map(|(message, delay)| Envelope { message, delay }).collect();
+        self.send(retries).await?;
+        if let Some(error) = pass.interrupted {
+            return Err(error);
+        }
+        if let Some(progress) = pass.progress.filter(|p| Some(p) != run.progress.as_ref()) {
+            store.set_progress(&run.run_id, &progress).await?;
+        }
+        if let Some(fatal) = pass.fatal {
+            return self.fail_run(run, fatal.info()).await;
+        }
+        if !pass.unvisited.is_empty() {
+            let message = format!(
+                "the journal has steps {:?} that the replay did not reach: code outside steps must be deterministic",
+                pass.unvisited
+            );
+            return self.fail_run(run, ErrorInfo::new("NonDeterministic", message)).await;
+        }
+        match pass.end {
+            PassEnd::Finished(Ok(output)) => {
+                if let Err(e) = self.check_output_size(&output) {
+                    return self.fail_run(run, e.named("OutputTooLarge").info()).await;
+                }
+                let t = RunTransition {
+                    from: vec![RunStatus::Running],
+                    to: RunStatus::Completed,
+                    ended_at: Some(self.now()),
+                    output: Some(output),
+                    error: None,
+                };
+                store.transition_run(&run.run_id, &t).await?;
+                Ok(())
+            }
+            PassEnd::Finished(Err(error)) => self.fail_run(run, error.info()).await,
+            PassEnd::Blocked => {
+                let mut batch = Vec::new();
+                for Pending { record, is_new } in pass.pending {
+                    let enqueue = if is_new { store.plan_step(&record).await? } else { redrive };
+                    if enqueue {
+                        batch.push(self.continuation(run, &record));
+                    }
+                }
+                self.send(batch).await
+            }
+        }
+    }
+
+    /// The message that moves a pending step on.
+    fn continuation(&self, run: &RunRecord, step: &crate::model::StepRecord) -> Envelope {
+        let kind = match step.kind {
+            StepKind::Sleep => MessageKind::Wake { step_id: step.step_id.clone() },
+            _ => MessageKind::Step {
+                step_id: step.step_id.clone(),
+                name: step.name.clone(),
+                // A step caught mid-attempt (its handler died) runs that attempt again.
+                attempt: if step.status == StepStatus::Running { step.attempts } else { step.attempts + 1 },
+            },
+        };
+        let message =
+            Message { run_id: run.run_id.clone(), function_id: run.function_id.clone(), kind, not_before: step.wake_at };
+        let delay = step.wake_at.map(|due| (due - self.now()).to_std().unwrap_or_default()).unwrap_or_default();
+        Envelope { message, delay }
+    }
+
+    /// Fails a run for good: emits `baton/function.failed` (which starts failure handlers),
+    /// then records the failure. Emitting first means a crash in between re-emits (an
+    /// idempotent no-op) rather than losing the event.
+    async fn fail_run(&self, run: &RunRecord, error: ErrorInfo) -> Result<(), EngineError> {
+        let data = json!({
+            "function_id": run.function_id,
+            "run_id": run.run_id,
+            "error": error,
+            "event": run.event.to_json(),
+        });
+        self.emit(NewEvent::new(FUNCTION_FAILED, data).with_id(format!("baton:failed:{}", run.run_id))).await?;
+        let t = RunTransition {
+            from: vec![RunStatus::Queued, RunStatus::Running],
+            to: RunStatus::Failed,
+            ended_at: Some(self.now()),
+            output: None,
+            error: Some(error),
+        };
+        self.store().transition_run(&run.run_id, &t).await?;
+        Ok(())
+    }
+
+    async fn send(&self, batch: Vec<Envelope>) -> Result<(), EngineError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let max = self.queue().max_delay();
+        let batch = batch.into_iter().map(|e| Envelope { delay: e.delay.min(max), ..e }).collect();
+        Ok(self.queue().send(batch).await?)
+    }
+
+    async fn send_at(&self, message: Message, due: DateTime<Utc>) -> Result<(), EngineError> {
+        let delay = (due - self.now()).to_std().unwrap_or_default();
+        self.send(vec![Envelope { message, delay }]).await
+    }
+
+    pub(crate) fn check_output_size(&self, value: &Value) -> Result<(), StepError> {
+        let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+        let limit = self.limits().max_output_bytes;
+        if size > limit {
+            return Err(StepError::non_retriable(format!(
+                "output is {size} bytes, over the limit of {limit} bytes: store large data elsewhere and return a reference"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn retry_delay(&self, failed_attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let backoff = self.inner.config.backoff.delay(failed_attempt, rand::random::<f64>());
+        retry_after.map_or(backoff, |after| after.max(backoff))
+    }
+
+    // ---- runs ----
+
+    pub async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, EngineError> {
+        let Some(run) = self.store().get_run(run_id).await? else { return Ok(None) };
+        let steps = self.store().journal(run_id).await?;
+        Ok(Some(RunDetail { run, steps }))
+    }
+
+    /// Cancels a run that has not ended: a step already executing finishes, nothing after it
+    /// runs, and `baton/function.cancelled` is emitted.
+    pub async fn cancel(&self, run_id: &str) -> Result<RunRecord, EngineError> {
+        let run = self.store().get_run(run_id).await?.ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))?;
+        let t = RunTransition {
+            from: vec![RunStatus::Queued, RunStatus::Running],
+            to: RunStatus::Cancelled,
+            ended_at: Some(self.now()),
+            output: None,
+            error: None,
+        };
+        if !self.store().transition_run(run_id, &t).await? {
+            let status = self.store().get_run(run_id).await?.map_or(run.status, |r| r.status);
+            return Err(EngineError::Conflict(format!("run {run_id} has already ended ({})", status.as_str())));
+        }
+        let data = json!({"function_id": run.function_id, "run_id": run_id, "event": run.event.to_json()});
+        self.emit(NewEvent::new(FUNCTION_CANCELLED, data).with_id(format!("baton:cancelled:{run_id}"))).await?;
+        self.store().get_run(run_id).await?.ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))
+    }
+
+    /// Starts a new run of the same function on the same event. Returns the new run id.
+    pub async fn replay(&self, run_id: &str) -> Result<String, EngineError> {
+        let old = self.store().get_run(run_id).await?.ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))?;
+        let function = self
+            .registry()
+            .get(&old.function_id)
+            .ok_or_else(|| EngineError::Conflict(format!("function {:?} is no longer registered", old.function_id)))?;
+        let run = self.new_run(new_ulid(self.now()), function, old.event, Some(old.run_id));
+        self.store().create_run(&run).await?;
+        self.send(vec![Envelope { message: start_message(&run), delay: Duration::ZERO }]).await?;
+        Ok(run.run_id)
+    }
+
+    /// Every run of a function with one of `statuses` started in the window.
+    async fn runs_in_window(
+        &self,
+        function_id: &str,
+        statuses: &[RunStatus],
+        after: Option<DateTime<Utc>>,
+        before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<RunRecord>, EngineError> {
+        let mut runs = Vec::new();
+        for status in statuses {
+            let mut query = RunQuery {
+                function_id: Some(function_id.to_string()),
+                status: Some(*status),
+                started_after: after,
+                started_before: before,
+                limit: 1000,
+                cursor: None,
+            };
+            loop {
+                let page = self.store().list_runs(&query).await?;
+                runs.extend(page.runs);
+                match page.cursor {
+                    Some(cursor) => query.cursor = Some(cursor),
+                    None => break,
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Bulk cancel. Returns how many runs this call cancelled.
+    pub async fn cancel_many(
+        &self,
+        function_id: &str,
+        after: Option<DateTime<Utc>>,
+        before: Option<DateTime<Utc>>,
+    ) -> Result<usize, EngineError> {
+        let mut cancelled = 0;
+        for run in self.runs_in_window(function_id, &[RunStatus::Queued, RunStatus::Running], after, before).await? {
+            match self.cancel(&run.run_id).await {
+                Ok(_) => cancelled += 1,
+                Err(EngineError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(cancelled)
+    }
+
+    /// Bulk replay of Failed or Cancelled runs. Returns the new run ids.
+    pub async fn replay_many(
+        &self,
+        function_id: &str,
+        status: RunStatus,
+        after: Option<DateTime<Utc>>,
+        before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<String>, EngineError> {
+        if !matches!(status, RunStatus::Failed | RunStatus::Cancelled) {
+            return Err(EngineError::Invalid("status must be Failed or Cancelled".into()));
+        }
+        let mut ids = Vec::new();
+        for run in self.runs_in_window(function_id, &[status], after, before).await? {
+            ids.push(self.replay(&run.run_id).await?);
+        }
+        Ok(ids)
+    }
+
+    // ---- the sweeper ----
+
+    /// Re-drives runs that have not ended and made no progress for `stale_after` (None: every
+    /// run that has not ended, as after a restart that lost the in-process queue). A re-drive
+    /// replays the run and re-sends the message of every step it is blocked on; duplicates
+    /// are harmless. Returns how many runs were re-driven.
+    pub async fn sweep(&self, stale_after: Option<Duration>) -> Result<usize, EngineError> {
+        let now = self.now();
+        let mut batch = Vec::new();
+        for function in self.registry().functions() {
+            let runs = self.runs_in_window(&function.id, &[RunStatus::Queued, RunStatus::Running], None, None).await?;
+            for run in runs {
+                if let Some(stale_after) = stale_after {
+                    let journal = self.store().journal(&run.run_id).await?;
+                    let last = journal
+                        .iter()
+                        .flat_map(|s| [Some(s.planned_at), s.started_at, s.ended_at, s.wake_at.filter(|_| !s.status.is_final())])
+                        .flatten()
+                        .fold(run.started_at, DateTime::max);
+                    if (now - last).to_std().map_or(true, |idle| idle < stale_after) {
+                        continue;
+                    }
+                }
+                let message = Message {
+                    run_id: run.run_id.clone(),
+                    function_id: run.function_id.clone(),
+                    kind: MessageKind::Redrive,
+                    not_before: None,
+                };
+                batch.push(Envelope { message, delay: Duration::ZERO });
+            }
+        }
+        let count = batch.len();
+        self.send(batch).await?;
+        Ok(count)
+    }
+}
+
+fn start_message(run: &RunRecord) -> Message {
+    Message {
+        run_id: run.run_id.clone(),
+        function_id: run.function_id.clone(),
+        kind: MessageKind::Start,
+        not_before: None,
+    }
+}
+
+fn new_ulid(now: DateTime<Utc>) -> String {
+    Ulid::from_parts(now.timestamp_millis().max(0) as u64, rand::random()).to_string()
+}
+
+/// The run an event starts for a function: derived, so re-sending the event (or re-driving its
+/// dispatch after a crash) can never start a second run. Its time part is the event's, so
+/// run ids still sort by start.
+pub fn run_id_for(event_id: &str, function_id: &str) -> String {
+    let ms = Ulid::from_string(event_id).map(|u| u.timestamp_ms()).unwrap_or(0);
+    let digest = Sha256::digest(format!("{event_id}/{function_id}").as_bytes());
+    let random = u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"));
+    Ulid::from_parts(ms, random).to_string()
+}
