@@ -1,1 +1,103 @@
-fn main(){}
+//! `baton`: the command line. `baton dev` runs the local dev server: the engine, the embedded
+//! SQLite store and the in-process queue in one process, with the app's functions registered.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use baton::api::{self, Keys};
+use baton::local::{LocalOptions, LocalRuntime};
+use baton::store::sqlite::{Durability, SqliteStore};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Durable functions for serverless Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the local dev server with the app's functions (embedded store, no AWS account).
+    Dev(DevArgs),
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Port to listen on.
+    #[arg(long, env = "BATON_PORT", default_value_t = 8288)]
+    port: u16,
+    /// Address to bind. Keep 127.0.0.1 unless you mean to expose the server.
+    #[arg(long, env = "BATON_HOST", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// The embedded database file.
+    #[arg(long, env = "BATON_DB", default_value = ".baton/baton.db")]
+    db: PathBuf,
+    /// `full`: every commit is fsynced (survives power loss). `normal`: survives a killed
+    /// process, may lose the last commits on power loss; faster.
+    #[arg(long, env = "BATON_DURABILITY", default_value = "full")]
+    durability: Durability,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,baton=info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Dev(args) => dev(args).await,
+    }
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&args.db, args.durability)
+        .with_context(|| format!("opening the store at {}", args.db.display()))?;
+    let runtime = LocalRuntime::start(
+        baton_functions::registry(),
+        Arc::new(store),
+        LocalOptions::default(),
+    )
+    .await
+    .context("starting the local runtime")?;
+    let keys = Keys::from_env();
+    let app = api::router(runtime.engine().clone(), keys);
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    println!(
+        "Baton dev server: {url}  (store: {}, durability: {})",
+        args.db.display(),
+        args.durability.as_str()
+    );
+    println!("Functions:");
+    for function in runtime.engine().registry().functions() {
+        let triggers: Vec<_> = function.triggers.iter().map(|t| t.event.as_str()).collect();
+        println!("  {:<28} on {}", function.id, triggers.join(", "));
+    }
+    println!("Send an event:");
+    println!(
+        "  curl -s {url}/e/dev -H 'content-type: application/json' \\\n    -d '{{\"name\":\"demo/order.placed\",\"data\":{{\"order_id\":\"o-1\",\"items\":[\"book\"],\"flaky_payment\":true}}}}'"
+    );
+    println!(
+        "Then: curl -s {url}/v1/events/<event id>/runs   and   curl -s {url}/v1/runs/<run id>"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -21,7 +21,12 @@ pub struct StepError {
 
 impl StepError {
     pub fn retriable(message: impl Into<String>) -> Self {
-        StepError { name: "StepError".into(), message: message.into(), retriable: true, retry_after: None }
+        StepError {
+            name: "StepError".into(),
+            message: message.into(),
+            retriable: true,
+            retry_after: None,
+        }
     }
     pub fn non_retriable(message: impl Into<String>) -> Self {
         StepError {
@@ -33,7 +38,10 @@ impl StepError {
     }
     /// Retriable, not before `after` (overrides the backoff when longer).
     pub fn retry_after(after: Duration, message: impl Into<String>) -> Self {
-        StepError { retry_after: Some(after), ..StepError::retriable(message) }
+        StepError {
+            retry_after: Some(after),
+            ..StepError::retriable(message)
+        }
     }
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -80,13 +88,25 @@ pub enum ErrorKind {
 
 impl Error {
     pub fn new(name: impl Into<String>, message: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Function, name: name.into(), message: message.into() }
+        Error {
+            kind: ErrorKind::Function,
+            name: name.into(),
+            message: message.into(),
+        }
     }
     pub fn msg(message: impl Into<String>) -> Self {
         Error::new("Error", message)
     }
-    pub(crate) fn with_kind(kind: ErrorKind, name: impl Into<String>, message: impl Into<String>) -> Self {
-        Error { kind, name: name.into(), message: message.into() }
+    pub(crate) fn with_kind(
+        kind: ErrorKind,
+        name: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error {
+            kind,
+            name: name.into(),
+            message: message.into(),
+        }
     }
     pub fn info(&self) -> ErrorInfo {
         ErrorInfo::new(self.name.clone(), self.message.clone())
@@ -115,7 +135,11 @@ pub enum StoreError {
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
-    TooLarge { what: String, size: usize, limit: usize },
+    TooLarge {
+        what: String,
+        size: usize,
+        limit: usize,
+    },
     /// Raised by the fault-injection harness.
     #[error("injected store fault")]
     Injected,

@@ -53,7 +53,11 @@ pub struct StepConfig {
 
 impl Default for StepConfig {
     fn default() -> Self {
-        StepConfig { timeout: Duration::from_secs(60), memory_mb: 256, retries: None }
+        StepConfig {
+            timeout: Duration::from_secs(60),
+            memory_mb: 256,
+            retries: None,
+        }
     }
 }
 
@@ -93,7 +97,9 @@ impl Trigger {
 
     /// The filter as the API shows it, e.g. `event.data.function_id == "x"`.
     pub fn expression(&self) -> Option<String> {
-        self.filter.as_ref().map(|(path, value)| format!("event.{path} == {value}"))
+        self.filter
+            .as_ref()
+            .map(|(path, value)| format!("event.{path} == {value}"))
     }
 }
 
@@ -102,7 +108,8 @@ pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(value, |v, key| v.get(key))
 }
 
-pub(crate) type Handler = Arc<dyn Fn(Ctx, EventRecord) -> BoxFuture<'static, Result<Value, Error>> + Send + Sync>;
+pub(crate) type Handler =
+    Arc<dyn Fn(Ctx, EventRecord) -> BoxFuture<'static, Result<Value, Error>> + Send + Sync>;
 
 /// A durable function: id, triggers, declared steps and the code.
 #[derive(Clone)]
@@ -155,13 +162,24 @@ impl Function {
 
     /// Runs on every event with this name.
     pub fn trigger(mut self, event: impl Into<String>) -> Self {
-        self.triggers.push(Trigger { event: event.into(), filter: None });
+        self.triggers.push(Trigger {
+            event: event.into(),
+            filter: None,
+        });
         self
     }
 
     /// Runs on events with this name whose field at `path` equals `value`.
-    pub fn trigger_if(mut self, event: impl Into<String>, path: impl Into<String>, value: Value) -> Self {
-        self.triggers.push(Trigger { event: event.into(), filter: Some((path.into(), value)) });
+    pub fn trigger_if(
+        mut self,
+        event: impl Into<String>,
+        path: impl Into<String>,
+        value: Value,
+    ) -> Self {
+        self.triggers.push(Trigger {
+            event: event.into(),
+            filter: Some((path.into(), value)),
+        });
         self
     }
 
@@ -201,7 +219,10 @@ impl Function {
 
     /// Retries allowed for a declared step (after its first attempt).
     pub fn step_retries(&self, name: &str) -> u32 {
-        self.steps.get(name).and_then(|s| s.retries).unwrap_or(self.retries)
+        self.steps
+            .get(name)
+            .and_then(|s| s.retries)
+            .unwrap_or(self.retries)
     }
 
     pub fn has_failure_handler(&self) -> bool {
@@ -224,13 +245,26 @@ where
                 Error::with_kind(
                     ErrorKind::Definition,
                     "InvalidEventData",
-                    format!("event {} data does not match the function's type: {e}", event.name),
+                    format!(
+                        "event {} data does not match the function's type: {e}",
+                        event.name
+                    ),
                 )
             })?;
-            let typed = Event { id: event.id, name: event.name, data, ts: event.ts, user: event.user };
+            let typed = Event {
+                id: event.id,
+                name: event.name,
+                data,
+                ts: event.ts,
+                user: event.user,
+            };
             let output = f(ctx, typed).await?;
             serde_json::to_value(output).map_err(|e| {
-                Error::with_kind(ErrorKind::Definition, "OutputNotSerializable", e.to_string())
+                Error::with_kind(
+                    ErrorKind::Definition,
+                    "OutputNotSerializable",
+                    e.to_string(),
+                )
             })
         })
     })
@@ -257,7 +291,9 @@ pub const MAX_NAME_LEN: usize = 64;
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl Registry {
@@ -267,7 +303,10 @@ impl Registry {
 
     /// Adds a function (and its failure handler, as `{id}-failure`) after checking it.
     pub fn register(mut self, function: Function) -> Result<Self, DefinitionError> {
-        let invalid = |problem: String| DefinitionError::Invalid { function: function.id.clone(), problem };
+        let invalid = |problem: String| DefinitionError::Invalid {
+            function: function.id.clone(),
+            problem,
+        };
         if !valid_name(&function.id) {
             return Err(invalid("ids are 1-64 chars of [A-Za-z0-9_-]".into()));
         }
@@ -278,7 +317,9 @@ impl Registry {
             return Err(invalid("has no trigger".into()));
         }
         if let Some(bad) = function.steps.keys().find(|s| !valid_name(s)) {
-            return Err(invalid(format!("step name {bad:?}: names are 1-64 chars of [A-Za-z0-9_-]")));
+            return Err(invalid(format!(
+                "step name {bad:?}: names are 1-64 chars of [A-Za-z0-9_-]"
+            )));
         }
         if let Some(on_failure) = function.on_failure.clone() {
             let handler_fn = Function {
@@ -286,7 +327,10 @@ impl Registry {
                 name: format!("{} (on failure)", function.name),
                 triggers: vec![Trigger {
                     event: FUNCTION_FAILED.into(),
-                    filter: Some(("data.function_id".into(), Value::String(function.id.clone()))),
+                    filter: Some((
+                        "data.function_id".into(),
+                        Value::String(function.id.clone()),
+                    )),
                 }],
                 steps: function.steps.clone(),
                 retries: function.retries,
@@ -317,7 +361,12 @@ impl Registry {
     }
 
     /// The functions an event starts, in registration order.
-    pub fn triggered_by<'a>(&'a self, event: &'a EventRecord) -> impl Iterator<Item = &'a Arc<Function>> + 'a {
-        self.functions.iter().filter(move |f| f.triggers.iter().any(|t| t.matches(event)))
+    pub fn triggered_by<'a>(
+        &'a self,
+        event: &'a EventRecord,
+    ) -> impl Iterator<Item = &'a Arc<Function>> + 'a {
+        self.functions
+            .iter()
+            .filter(move |f| f.triggers.iter().any(|t| t.matches(event)))
     }
 }

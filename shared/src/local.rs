@@ -53,16 +53,34 @@ pub struct LocalRuntime {
 impl LocalRuntime {
     /// Starts the dispatcher and the sweeper, and re-drives every run that had not ended
     /// (the in-process queue does not survive a restart; the journal does).
-    pub async fn start(registry: Registry, store: Arc<dyn Store>, options: LocalOptions) -> Result<Self, EngineError> {
+    pub async fn start(
+        registry: Registry,
+        store: Arc<dyn Store>,
+        options: LocalOptions,
+    ) -> Result<Self, EngineError> {
         let (queue, receiver) = LocalQueue::new();
-        let engine = Engine::new(registry, store, Arc::new(queue.clone()), options.engine.clone());
+        let engine = Engine::new(
+            registry,
+            store,
+            Arc::new(queue.clone()),
+            options.engine.clone(),
+        );
         let recovered = engine.sweep(None).await?;
         if recovered > 0 {
             tracing::info!(runs = recovered, "re-driving runs that had not ended");
         }
-        let dispatcher = tokio::spawn(dispatch(engine.clone(), queue.clone(), receiver, options.clone()));
+        let dispatcher = tokio::spawn(dispatch(
+            engine.clone(),
+            queue.clone(),
+            receiver,
+            options.clone(),
+        ));
         let sweeper = tokio::spawn(sweep_forever(engine.clone(), options));
-        Ok(LocalRuntime { engine, queue, tasks: vec![dispatcher, sweeper] })
+        Ok(LocalRuntime {
+            engine,
+            queue,
+            tasks: vec![dispatcher, sweeper],
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -100,18 +118,36 @@ impl Drop for LocalRuntime {
 }
 
 /// Delivery attempt counts ride along in memory; they are not part of the message contract.
-async fn dispatch(engine: Engine, queue: LocalQueue, mut receiver: LocalReceiver, options: LocalOptions) {
+async fn dispatch(
+    engine: Engine,
+    queue: LocalQueue,
+    mut receiver: LocalReceiver,
+    options: LocalOptions,
+) {
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
-    let deliveries = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<Message, u32>::new()));
+    let deliveries = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        Message,
+        u32,
+    >::new()));
     while let Some(message) = receiver.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let (engine, queue, options, deliveries) = (engine.clone(), queue.clone(), options.clone(), deliveries.clone());
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (engine, queue, options, deliveries) = (
+            engine.clone(),
+            queue.clone(),
+            options.clone(),
+            deliveries.clone(),
+        );
         tokio::spawn(async move {
             let result = engine.handle(message.clone()).await;
             drop(permit);
             let error = match result {
                 Ok(()) => {
-                    deliveries.lock().unwrap_or_else(|e| e.into_inner()).remove(&message);
+                    deliveries
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&message);
                     return;
                 }
                 Err(error) => error,
@@ -131,7 +167,10 @@ async fn dispatch(engine: Engine, queue: LocalQueue, mut receiver: LocalReceiver
                 return;
             }
             tracing::warn!(?message, %error, "handler failed; delivering again");
-            let envelope = Envelope { message, delay: options.redelivery_delay };
+            let envelope = Envelope {
+                message,
+                delay: options.redelivery_delay,
+            };
             if let Err(e) = queue.send(vec![envelope]).await {
                 tracing::error!(%e, "could not re-queue a message");
             }

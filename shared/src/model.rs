@@ -57,7 +57,10 @@ impl RunStatus {
     ];
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -84,7 +87,10 @@ pub struct ErrorInfo {
 
 impl ErrorInfo {
     pub fn new(name: impl Into<String>, message: impl Into<String>) -> Self {
-        ErrorInfo { name: name.into(), message: message.into() }
+        ErrorInfo {
+            name: name.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -134,7 +140,9 @@ impl StepKind {
         }
     }
     pub fn parse(s: &str) -> Option<StepKind> {
-        [StepKind::Run, StepKind::Sleep, StepKind::SendEvent].into_iter().find(|k| k.as_str() == s)
+        [StepKind::Run, StepKind::Sleep, StepKind::SendEvent]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -229,7 +237,11 @@ pub enum MessageKind {
     /// A new run: replay from the top and plan the first steps.
     Start,
     /// Execute one attempt of one step (handled by that step's own handler).
-    Step { step_id: String, name: String, attempt: u32 },
+    Step {
+        step_id: String,
+        name: String,
+        attempt: u32,
+    },
     /// A sleep is due.
     Wake { step_id: String },
     /// Re-drive a run that may have lost a message (the sweeper, recovery after a crash).
@@ -246,10 +258,13 @@ pub enum QueueName {
 impl Message {
     pub fn queue(&self) -> QueueName {
         match &self.kind {
-            MessageKind::Step { name, .. } => {
-                QueueName::Step { function_id: self.function_id.clone(), step: name.clone() }
-            }
-            _ => QueueName::Continue { function_id: self.function_id.clone() },
+            MessageKind::Step { name, .. } => QueueName::Step {
+                function_id: self.function_id.clone(),
+                step: name.clone(),
+            },
+            _ => QueueName::Continue {
+                function_id: self.function_id.clone(),
+            },
         }
     }
 }

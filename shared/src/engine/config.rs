@@ -49,14 +49,19 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { base: Duration::from_secs(1), max: Duration::from_secs(600) }
+        Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+        }
     }
 }
 
 impl Backoff {
     /// Delay before attempt `failed_attempt + 1`.
     pub fn delay(&self, failed_attempt: u32, jitter: f64) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << failed_attempt.saturating_sub(1).min(20));
+        let exp = self
+            .base
+            .saturating_mul(1u32 << failed_attempt.saturating_sub(1).min(20));
         let capped = exp.min(self.max);
         capped.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
     }
@@ -78,7 +83,10 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Self {
-        Clock { base_utc: Utc::now(), base_instant: Instant::now() }
+        Clock {
+            base_utc: Utc::now(),
+            base_instant: Instant::now(),
+        }
     }
     pub fn now(&self) -> DateTime<Utc> {
         let elapsed = Instant::now().saturating_duration_since(self.base_instant);

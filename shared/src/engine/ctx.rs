@@ -19,7 +19,8 @@ use super::{Engine, NewEvent};
 use crate::error::{EngineError, Error, ErrorKind, StepError};
 use crate::function::Function;
 use crate::model::{
-    ErrorInfo, Message, MessageKind, Progress, RunRecord, StepKind, StepOutcome, StepRecord, StepStatus,
+    ErrorInfo, Message, MessageKind, Progress, RunRecord, StepKind, StepOutcome, StepRecord,
+    StepStatus,
 };
 
 /// Handed to a step body: who it is, for logs and for idempotency keys of outside calls
@@ -121,7 +122,10 @@ impl Ctx {
         now: DateTime<Utc>,
     ) -> Ctx {
         let state = State {
-            journal: journal.into_iter().map(|s| (s.step_id.clone(), s)).collect(),
+            journal: journal
+                .into_iter()
+                .map(|s| (s.step_id.clone(), s))
+                .collect(),
             progress: run.progress.clone(),
             ..State::default()
         };
@@ -165,7 +169,8 @@ impl Ctx {
         if let Some(done) = existing.as_ref().and_then(journaled::<T>) {
             return done;
         }
-        let record = existing.unwrap_or_else(|| self.new_record(&step_id, name, StepKind::Run, None));
+        let record =
+            existing.unwrap_or_else(|| self.new_record(&step_id, name, StepKind::Run, None));
         let attempt = match &self.inner.target {
             Some(t) if t.step_id == step_id => t.attempt,
             _ => return self.block(record).await,
@@ -174,30 +179,53 @@ impl Ctx {
         let engine = &self.inner.engine;
         let run_id = self.run_id();
         let started = engine.now();
-        match engine.store().begin_attempt(run_id, &step_id, attempt, started).await {
+        match engine
+            .store()
+            .begin_attempt(run_id, &step_id, attempt, started)
+            .await
+        {
             Err(e) => return self.interrupt(e.into()).await,
             // Final already, or a stale attempt number: defer to the journal.
             Ok(false) => return self.reread::<T>(&step_id, name).await,
             Ok(true) => {}
         }
-        let config = self.inner.function.steps.get(name).cloned().unwrap_or_default();
+        let config = self
+            .inner
+            .function
+            .steps
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
         let step_ctx = StepCtx {
             run_id: run_id.to_string(),
             step_id: step_id.clone(),
             attempt,
             idempotency_key: format!("{run_id}:{step_id}"),
         };
-        let result = match tokio::time::timeout(config.timeout, AssertUnwindSafe(body(step_ctx)).catch_unwind()).await {
-            Err(_) => Err(StepError::retriable(format!("step timed out after {:?}", config.timeout))
-                .named("StepTimeout")),
-            Ok(Err(panic)) => Err(StepError::non_retriable(panic_message(&panic)).named("StepPanicked")),
+        let result = match tokio::time::timeout(
+            config.timeout,
+            AssertUnwindSafe(body(step_ctx)).catch_unwind(),
+        )
+        .await
+        {
+            Err(_) => Err(StepError::retriable(format!(
+                "step timed out after {:?}",
+                config.timeout
+            ))
+            .named("StepTimeout")),
+            Ok(Err(panic)) => {
+                Err(StepError::non_retriable(panic_message(&panic)).named("StepPanicked"))
+            }
             Ok(Ok(r)) => r,
         };
         let result = result.and_then(|output| {
             let value = serde_json::to_value(&output).map_err(|e| {
-                StepError::non_retriable(format!("output is not serializable: {e}")).named("OutputNotSerializable")
+                StepError::non_retriable(format!("output is not serializable: {e}"))
+                    .named("OutputNotSerializable")
             })?;
-            engine.check_output_size(&value).map_err(|e| e.named("OutputTooLarge"))?;
+            engine
+                .check_output_size(&value)
+                .map_err(|e| e.named("OutputTooLarge"))?;
             Ok(value)
         });
         let ended = engine.now();
@@ -205,8 +233,13 @@ impl Ctx {
             Ok(value) => StepOutcome::Completed(value),
             Err(err) if err.retriable && attempt <= self.inner.function.step_retries(name) => {
                 let delay = engine.retry_delay(attempt, err.retry_after);
-                let next_at = ended + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX);
-                match engine.store().retry_step(run_id, &step_id, attempt, &err.info(), next_at).await {
+                let next_at =
+                    ended + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX);
+                match engine
+                    .store()
+                    .retry_step(run_id, &step_id, attempt, &err.info(), next_at)
+                    .await
+                {
                     Err(e) => return self.interrupt(e.into()).await,
                     Ok(false) => return self.reread::<T>(&step_id, name).await,
                     Ok(true) => {}
@@ -214,7 +247,11 @@ impl Ctx {
                 let message = Message {
                     run_id: run_id.to_string(),
                     function_id: self.function_id().to_string(),
-                    kind: MessageKind::Step { step_id: step_id.clone(), name: name.to_string(), attempt: attempt + 1 },
+                    kind: MessageKind::Step {
+                        step_id: step_id.clone(),
+                        name: name.to_string(),
+                        attempt: attempt + 1,
+                    },
                     not_before: Some(next_at),
                 };
                 self.state().outbox.push((message, delay));
@@ -223,7 +260,11 @@ impl Ctx {
             }
             Err(err) => StepOutcome::Failed(err.info()),
         };
-        match engine.store().finish_step(run_id, &step_id, &outcome, ended).await {
+        match engine
+            .store()
+            .finish_step(run_id, &step_id, &outcome, ended)
+            .await
+        {
             Err(e) => self.interrupt(e.into()).await,
             Ok(false) => self.reread::<T>(&step_id, name).await,
             Ok(true) => {
@@ -240,7 +281,8 @@ impl Ctx {
 
     /// Sleeps durably for `duration` (up to the engine's `max_sleep`, a year by default).
     pub async fn sleep(&self, name: &str, duration: Duration) -> Result<(), Error> {
-        let until = self.inner.now + chrono::Duration::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
+        let until =
+            self.inner.now + chrono::Duration::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
         self.sleep_step(name, until).await
     }
 
@@ -258,7 +300,8 @@ impl Ctx {
             return self.block(record).await;
         }
         let max = self.inner.engine.limits().max_sleep;
-        let longest = self.inner.now + chrono::Duration::from_std(max).unwrap_or(chrono::TimeDelta::MAX);
+        let longest =
+            self.inner.now + chrono::Duration::from_std(max).unwrap_or(chrono::TimeDelta::MAX);
         if until > longest {
             return Err(self.fail_definition(
                 "SleepTooLong",
@@ -271,14 +314,19 @@ impl Ctx {
 
     /// Sends events from function code, journaled: a replay returns the same event ids and
     /// sends nothing. Returns the event ids.
-    pub async fn send_event(&self, name: &str, events: Vec<NewEvent>) -> Result<Vec<String>, Error> {
+    pub async fn send_event(
+        &self,
+        name: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<String>, Error> {
         let (step_id, existing) = self.enter(name, StepKind::SendEvent)?;
         if let Some(done) = existing.as_ref().and_then(journaled::<Vec<String>>) {
             return done;
         }
         let _active = self.activate();
         let engine = &self.inner.engine;
-        let record = existing.unwrap_or_else(|| self.new_record(&step_id, name, StepKind::SendEvent, None));
+        let record =
+            existing.unwrap_or_else(|| self.new_record(&step_id, name, StepKind::SendEvent, None));
         if let Err(e) = engine.store().plan_step(&record).await {
             return self.interrupt(e.into()).await;
         }
@@ -293,10 +341,16 @@ impl Ctx {
             .collect::<Vec<_>>();
         let outcome = match engine.send_events(events).await {
             Ok(ids) => StepOutcome::Completed(Value::from(ids)),
-            Err(EngineError::Invalid(msg)) => StepOutcome::Failed(ErrorInfo::new("InvalidEvent", msg)),
+            Err(EngineError::Invalid(msg)) => {
+                StepOutcome::Failed(ErrorInfo::new("InvalidEvent", msg))
+            }
             Err(e) => return self.interrupt(e).await,
         };
-        match engine.store().finish_step(self.run_id(), &step_id, &outcome, engine.now()).await {
+        match engine
+            .store()
+            .finish_step(self.run_id(), &step_id, &outcome, engine.now())
+            .await
+        {
             Err(e) => self.interrupt(e.into()).await,
             Ok(false) => self.reread::<Vec<String>>(&step_id, name).await,
             Ok(true) => {
@@ -312,7 +366,10 @@ impl Ctx {
     /// Reports progress, shown in the run's status. The last value reached by a replay is
     /// stored once per invocation.
     pub async fn progress(&self, percent: u8, message: impl Into<String>) -> Result<(), Error> {
-        self.state().progress = Some(Progress { percent: percent.min(100), message: message.into() });
+        self.state().progress = Some(Progress {
+            percent: percent.min(100),
+            message: message.into(),
+        });
         Ok(())
     }
 
@@ -321,7 +378,14 @@ impl Ctx {
     /// Assigns the next step id for `name` and checks it against the journal.
     fn enter(&self, name: &str, kind: StepKind) -> Result<(String, Option<StepRecord>), Error> {
         if kind == StepKind::Run && !self.inner.function.steps.contains_key(name) {
-            let declared = self.inner.function.steps.keys().cloned().collect::<Vec<_>>().join(", ");
+            let declared = self
+                .inner
+                .function
+                .steps
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(self.fail_definition(
                 "UndeclaredStep",
                 format!(
@@ -332,13 +396,20 @@ impl Ctx {
         }
         let mut state = self.state();
         let count = state.name_counts.entry(name.to_string()).or_insert(0);
-        let step_id = if *count == 0 { name.to_string() } else { format!("{name}:{count}") };
+        let step_id = if *count == 0 {
+            name.to_string()
+        } else {
+            format!("{name}:{count}")
+        };
         *count += 1;
         state.next_seq += 1;
         if state.next_seq > self.inner.engine.limits().max_steps_per_run {
             let max = self.inner.engine.limits().max_steps_per_run;
             drop(state);
-            return Err(self.fail_definition("TooManySteps", format!("a run may have at most {max} steps")));
+            return Err(self.fail_definition(
+                "TooManySteps",
+                format!("a run may have at most {max} steps"),
+            ));
         }
         state.visited.insert(step_id.clone());
         let existing = state.journal.get(&step_id).cloned();
@@ -358,14 +429,24 @@ impl Ctx {
         Ok((step_id, existing))
     }
 
-    fn new_record(&self, step_id: &str, name: &str, kind: StepKind, wake_at: Option<DateTime<Utc>>) -> StepRecord {
+    fn new_record(
+        &self,
+        step_id: &str,
+        name: &str,
+        kind: StepKind,
+        wake_at: Option<DateTime<Utc>>,
+    ) -> StepRecord {
         let seq = self.state().next_seq - 1;
         StepRecord {
             run_id: self.run_id().to_string(),
             step_id: step_id.to_string(),
             name: name.to_string(),
             kind,
-            status: if kind == StepKind::Sleep { StepStatus::Sleeping } else { StepStatus::Planned },
+            status: if kind == StepKind::Sleep {
+                StepStatus::Sleeping
+            } else {
+                StepStatus::Planned
+            },
             attempts: 0,
             seq,
             planned_at: self.inner.now,
@@ -381,7 +462,11 @@ impl Ctx {
     async fn block<T>(&self, record: StepRecord) -> T {
         {
             let mut state = self.state();
-            if !state.pending.iter().any(|p| p.record.step_id == record.step_id) {
+            if !state
+                .pending
+                .iter()
+                .any(|p| p.record.step_id == record.step_id)
+            {
                 let is_new = !state.journal.contains_key(&record.step_id);
                 state.pending.push(Pending { record, is_new });
             }
@@ -429,7 +514,10 @@ impl Ctx {
     }
 
     /// Drives the function to its end or until it is blocked on planned steps.
-    pub(crate) async fn run_pass(self, handler_fut: futures::future::BoxFuture<'static, Result<Value, Error>>) -> PassResult {
+    pub(crate) async fn run_pass(
+        self,
+        handler_fut: futures::future::BoxFuture<'static, Result<Value, Error>>,
+    ) -> PassResult {
         let wake = self.inner.wake.clone();
         let waker = futures::task::waker(Arc::new(NotifyWaker(wake.clone())));
         let mut fut = AssertUnwindSafe(handler_fut).catch_unwind();
@@ -438,10 +526,9 @@ impl Ctx {
             match polled {
                 std::task::Poll::Ready(Ok(result)) => break PassEnd::Finished(result),
                 std::task::Poll::Ready(Err(panic)) => {
-                    break PassEnd::Finished(Err(self.fail_definition(
-                        "FunctionPanicked",
-                        panic_message(&panic),
-                    )));
+                    break PassEnd::Finished(Err(
+                        self.fail_definition("FunctionPanicked", panic_message(&panic))
+                    ));
                 }
                 std::task::Poll::Pending => {}
             }
@@ -450,7 +537,8 @@ impl Ctx {
                 if state.interrupted.is_some() || state.fatal.is_some() {
                     break PassEnd::Blocked;
                 }
-                if state.active == 0 && !state.pending.is_empty() {
+                // Blocked: nothing runs and the run waits on planned steps or a retry.
+                if state.active == 0 && (!state.pending.is_empty() || !state.outbox.is_empty()) {
                     break PassEnd::Blocked;
                 }
             }
@@ -458,7 +546,12 @@ impl Ctx {
         };
         drop(fut);
         let mut state = self.state();
-        let unvisited = state.journal.keys().filter(|id| !state.visited.contains(*id)).cloned().collect();
+        let unvisited = state
+            .journal
+            .keys()
+            .filter(|id| !state.visited.contains(*id))
+            .cloned()
+            .collect();
         PassResult {
             end,
             fatal: state.fatal.take(),
@@ -488,14 +581,22 @@ fn journaled<T: DeserializeOwned>(record: &StepRecord) -> Option<Result<T, Error
                 Error::with_kind(
                     ErrorKind::Definition,
                     "OutputTypeMismatch",
-                    format!("journaled output of step {:?} does not match its type: {e}", record.step_id),
+                    format!(
+                        "journaled output of step {:?} does not match its type: {e}",
+                        record.step_id
+                    ),
                 )
             }))
         }
         StepStatus::Failed => {
-            let info = record.error.clone().unwrap_or_else(|| ErrorInfo::new("StepFailed", "step failed"));
+            let info = record
+                .error
+                .clone()
+                .unwrap_or_else(|| ErrorInfo::new("StepFailed", "step failed"));
             Some(Err(Error::with_kind(
-                ErrorKind::StepFailed { step_id: record.step_id.clone() },
+                ErrorKind::StepFailed {
+                    step_id: record.step_id.clone(),
+                },
                 info.name,
                 info.message,
             )))

@@ -23,8 +23,8 @@ use ctx::{PassEnd, PassResult, Pending, Target};
 use crate::error::{EngineError, StepError};
 use crate::function::{FUNCTION_CANCELLED, FUNCTION_FAILED, Function, Registry};
 use crate::model::{
-    ErrorInfo, EventRecord, Message, MessageKind, RunDetail, RunQuery, RunRecord, RunStatus, RunTransition,
-    StepKind, StepOutcome, StepStatus,
+    ErrorInfo, EventRecord, Message, MessageKind, RunDetail, RunQuery, RunRecord, RunStatus,
+    RunTransition, StepKind, StepOutcome, StepStatus,
 };
 use crate::queue::{Envelope, Queue};
 use crate::store::Store;
@@ -51,7 +51,14 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn new(name: impl Into<String>, data: Value) -> Self {
-        NewEvent { name: name.into(), data, id: None, ts: None, user: None, v: None }
+        NewEvent {
+            name: name.into(),
+            data,
+            id: None,
+            ts: None,
+            user: None,
+            v: None,
+        }
     }
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
@@ -73,8 +80,21 @@ struct Inner {
 }
 
 impl Engine {
-    pub fn new(registry: Registry, store: Arc<dyn Store>, queue: Arc<dyn Queue>, config: EngineConfig) -> Self {
-        Engine { inner: Arc::new(Inner { registry, store, queue, config, clock: Clock::new() }) }
+    pub fn new(
+        registry: Registry,
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        config: EngineConfig,
+    ) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                registry,
+                store,
+                queue,
+                config,
+                clock: Clock::new(),
+            }),
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -116,14 +136,20 @@ impl Engine {
             )));
         }
         if !(event.data.is_object() || event.data.is_null()) {
-            return Err(EngineError::Invalid("event data must be a JSON object".into()));
+            return Err(EngineError::Invalid(
+                "event data must be a JSON object".into(),
+            ));
         }
         if let Some(user) = &event.user {
             if !(user.is_object() || user.is_null()) {
-                return Err(EngineError::Invalid("event user must be a JSON object".into()));
+                return Err(EngineError::Invalid(
+                    "event user must be a JSON object".into(),
+                ));
             }
         }
-        let size = serde_json::to_vec(event).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(event)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > limits.max_event_bytes {
             return Err(EngineError::TooLarge(format!(
                 "event {:?} is {size} bytes, over the limit of {} bytes",
@@ -144,7 +170,11 @@ impl Engine {
         Ok(self.ingest(vec![event], true).await?.remove(0))
     }
 
-    async fn ingest(&self, events: Vec<NewEvent>, internal: bool) -> Result<Vec<String>, EngineError> {
+    async fn ingest(
+        &self,
+        events: Vec<NewEvent>,
+        internal: bool,
+    ) -> Result<Vec<String>, EngineError> {
         if events.len() > self.limits().max_events_per_request {
             return Err(EngineError::Invalid(format!(
                 "{} events in one request, over the limit of {}",
@@ -174,8 +204,11 @@ impl Engine {
         let fresh_id = new_ulid(now);
         let existing = match &event.id {
             Some(key) => {
-                let window = chrono::Duration::from_std(self.limits().idempotency_window).unwrap_or_default();
-                store.claim_idempotency_id(key, &fresh_id, now, now + window).await?
+                let window = chrono::Duration::from_std(self.limits().idempotency_window)
+                    .unwrap_or_default();
+                store
+                    .claim_idempotency_id(key, &fresh_id, now, now + window)
+                    .await?
             }
             None => None,
         };
@@ -183,9 +216,16 @@ impl Engine {
         let record = EventRecord {
             id: existing.unwrap_or(fresh_id),
             name: event.name,
-            data: if event.data.is_null() { json!({}) } else { event.data },
+            data: if event.data.is_null() {
+                json!({})
+            } else {
+                event.data
+            },
             ts: event.ts.unwrap_or(now.timestamp_millis()),
-            user: event.user.filter(|u| !u.is_null()).unwrap_or_else(|| json!({})),
+            user: event
+                .user
+                .filter(|u| !u.is_null())
+                .unwrap_or_else(|| json!({})),
             v: event.v,
             idempotency_id: event.id,
         };
@@ -201,18 +241,36 @@ impl Engine {
     /// Creates the runs an event triggers (ids derived from the event, so a repeat creates
     /// none) and returns their start messages. A repeat re-sends starts: a start that was lost
     /// in a crash is recovered, and a duplicate one is harmless.
-    async fn create_runs(&self, event: &EventRecord, repeat: bool) -> Result<Vec<Envelope>, EngineError> {
+    async fn create_runs(
+        &self,
+        event: &EventRecord,
+        repeat: bool,
+    ) -> Result<Vec<Envelope>, EngineError> {
         let mut starts = Vec::new();
         for function in self.registry().triggered_by(event) {
-            let run = self.new_run(run_id_for(&event.id, &function.id), function, event.clone(), None);
+            let run = self.new_run(
+                run_id_for(&event.id, &function.id),
+                function,
+                event.clone(),
+                None,
+            );
             if self.store().create_run(&run).await? || repeat {
-                starts.push(Envelope { message: start_message(&run), delay: Duration::ZERO });
+                starts.push(Envelope {
+                    message: start_message(&run),
+                    delay: Duration::ZERO,
+                });
             }
         }
         Ok(starts)
     }
 
-    fn new_run(&self, run_id: String, function: &Function, event: EventRecord, replay_of: Option<String>) -> RunRecord {
+    fn new_run(
+        &self,
+        run_id: String,
+        function: &Function,
+        event: EventRecord,
+        replay_of: Option<String>,
+    ) -> RunRecord {
         RunRecord {
             run_id,
             function_id: function.id.clone(),
@@ -245,7 +303,10 @@ impl Engine {
             return Ok(());
         }
         let Some(function) = self.registry().get(&run.function_id).cloned() else {
-            let error = ErrorInfo::new("UnknownFunction", format!("function {:?} is not registered", run.function_id));
+            let error = ErrorInfo::new(
+                "UnknownFunction",
+                format!("function {:?} is not registered", run.function_id),
+            );
             return self.fail_run(&run, error).await;
         };
         if run.status == RunStatus::Queued {
@@ -261,30 +322,72 @@ impl Engine {
         }
         let mut journal = store.journal(&run.run_id).await?;
         let target = match &message.kind {
-            MessageKind::Step { step_id, attempt, .. } => Some(Target { step_id: step_id.clone(), attempt: *attempt }),
+            MessageKind::Step {
+                step_id, attempt, ..
+            } => Some(Target {
+                step_id: step_id.clone(),
+                attempt: *attempt,
+            }),
             MessageKind::Wake { step_id } => {
-                let sleep = journal.iter().find(|s| &s.step_id == step_id && s.kind == StepKind::Sleep);
+                let sleep = journal
+                    .iter()
+                    .find(|s| &s.step_id == step_id && s.kind == StepKind::Sleep);
                 if let Some(sleep) = sleep.filter(|s| !s.status.is_final()) {
                     if let Some(due) = sleep.wake_at.filter(|due| *due > now) {
-                        return self.send_at(Message { not_before: Some(due), ..message }, due).await;
+                        return self
+                            .send_at(
+                                Message {
+                                    not_before: Some(due),
+                                    ..message
+                                },
+                                due,
+                            )
+                            .await;
                     }
-                    store.finish_step(&run.run_id, step_id, &StepOutcome::Completed(Value::Null), now).await?;
+                    store
+                        .finish_step(
+                            &run.run_id,
+                            step_id,
+                            &StepOutcome::Completed(Value::Null),
+                            now,
+                        )
+                        .await?;
                     journal = store.journal(&run.run_id).await?;
                 }
                 None
             }
             MessageKind::Start | MessageKind::Redrive => None,
         };
-        let handler = function.handler.clone().expect("registered functions have a handler");
-        let ctx = Ctx::new(self.clone(), run.clone(), function.clone(), journal, target, now);
+        let handler = function
+            .handler
+            .clone()
+            .expect("registered functions have a handler");
+        let ctx = Ctx::new(
+            self.clone(),
+            run.clone(),
+            function.clone(),
+            journal,
+            target,
+            now,
+        );
         let pass = ctx.clone().run_pass(handler(ctx, run.event.clone())).await;
-        self.conclude(&run, pass, message.kind == MessageKind::Redrive).await
+        self.conclude(&run, pass, message.kind == MessageKind::Redrive)
+            .await
     }
 
-    async fn conclude(&self, run: &RunRecord, pass: PassResult, redrive: bool) -> Result<(), EngineError> {
+    async fn conclude(
+        &self,
+        run: &RunRecord,
+        pass: PassResult,
+        redrive: bool,
+    ) -> Result<(), EngineError> {
         let store = self.store();
         // Retries were journaled during the pass; their messages go out whatever happens next.
-        let retries = pass.outbox.into_iter().map(|(message, delay)| Envelope { message, delay }).collect();
+        let retries = pass
+            .outbox
+            .into_iter()
+            .map(|(message, delay)| Envelope { message, delay })
+            .collect();
         self.send(retries).await?;
         if let Some(error) = pass.interrupted {
             return Err(error);
@@ -300,7 +403,9 @@ impl Engine {
                 "the journal has steps {:?} that the replay did not reach: code outside steps must be deterministic",
                 pass.unvisited
             );
-            return self.fail_run(run, ErrorInfo::new("NonDeterministic", message)).await;
+            return self
+                .fail_run(run, ErrorInfo::new("NonDeterministic", message))
+                .await;
         }
         match pass.end {
             PassEnd::Finished(Ok(output)) => {
@@ -321,7 +426,11 @@ impl Engine {
             PassEnd::Blocked => {
                 let mut batch = Vec::new();
                 for Pending { record, is_new } in pass.pending {
-                    let enqueue = if is_new { store.plan_step(&record).await? } else { redrive };
+                    let enqueue = if is_new {
+                        store.plan_step(&record).await?
+                    } else {
+                        redrive
+                    };
                     if enqueue {
                         batch.push(self.continuation(run, &record));
                     }
@@ -334,17 +443,30 @@ impl Engine {
     /// The message that moves a pending step on.
     fn continuation(&self, run: &RunRecord, step: &crate::model::StepRecord) -> Envelope {
         let kind = match step.kind {
-            StepKind::Sleep => MessageKind::Wake { step_id: step.step_id.clone() },
+            StepKind::Sleep => MessageKind::Wake {
+                step_id: step.step_id.clone(),
+            },
             _ => MessageKind::Step {
                 step_id: step.step_id.clone(),
                 name: step.name.clone(),
                 // A step caught mid-attempt (its handler died) runs that attempt again.
-                attempt: if step.status == StepStatus::Running { step.attempts } else { step.attempts + 1 },
+                attempt: if step.status == StepStatus::Running {
+                    step.attempts
+                } else {
+                    step.attempts + 1
+                },
             },
         };
-        let message =
-            Message { run_id: run.run_id.clone(), function_id: run.function_id.clone(), kind, not_before: step.wake_at };
-        let delay = step.wake_at.map(|due| (due - self.now()).to_std().unwrap_or_default()).unwrap_or_default();
+        let message = Message {
+            run_id: run.run_id.clone(),
+            function_id: run.function_id.clone(),
+            kind,
+            not_before: step.wake_at,
+        };
+        let delay = step
+            .wake_at
+            .map(|due| (due - self.now()).to_std().unwrap_or_default())
+            .unwrap_or_default();
         Envelope { message, delay }
     }
 
@@ -358,7 +480,10 @@ impl Engine {
             "error": error,
             "event": run.event.to_json(),
         });
-        self.emit(NewEvent::new(FUNCTION_FAILED, data).with_id(format!("baton:failed:{}", run.run_id))).await?;
+        self.emit(
+            NewEvent::new(FUNCTION_FAILED, data).with_id(format!("baton:failed:{}", run.run_id)),
+        )
+        .await?;
         let t = RunTransition {
             from: vec![RunStatus::Queued, RunStatus::Running],
             to: RunStatus::Failed,
@@ -375,7 +500,13 @@ impl Engine {
             return Ok(());
         }
         let max = self.queue().max_delay();
-        let batch = batch.into_iter().map(|e| Envelope { delay: e.delay.min(max), ..e }).collect();
+        let batch = batch
+            .into_iter()
+            .map(|e| Envelope {
+                delay: e.delay.min(max),
+                ..e
+            })
+            .collect();
         Ok(self.queue().send(batch).await?)
     }
 
@@ -385,7 +516,9 @@ impl Engine {
     }
 
     pub(crate) fn check_output_size(&self, value: &Value) -> Result<(), StepError> {
-        let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(value)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         let limit = self.limits().max_output_bytes;
         if size > limit {
             return Err(StepError::non_retriable(format!(
@@ -395,15 +528,25 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn retry_delay(&self, failed_attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let backoff = self.inner.config.backoff.delay(failed_attempt, rand::random::<f64>());
+    pub(crate) fn retry_delay(
+        &self,
+        failed_attempt: u32,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        let backoff = self
+            .inner
+            .config
+            .backoff
+            .delay(failed_attempt, rand::random::<f64>());
         retry_after.map_or(backoff, |after| after.max(backoff))
     }
 
     // ---- runs ----
 
     pub async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, EngineError> {
-        let Some(run) = self.store().get_run(run_id).await? else { return Ok(None) };
+        let Some(run) = self.store().get_run(run_id).await? else {
+            return Ok(None);
+        };
         let steps = self.store().journal(run_id).await?;
         Ok(Some(RunDetail { run, steps }))
     }
@@ -411,7 +554,11 @@ impl Engine {
     /// Cancels a run that has not ended: a step already executing finishes, nothing after it
     /// runs, and `baton/function.cancelled` is emitted.
     pub async fn cancel(&self, run_id: &str) -> Result<RunRecord, EngineError> {
-        let run = self.store().get_run(run_id).await?.ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))?;
+        let run = self
+            .store()
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))?;
         let t = RunTransition {
             from: vec![RunStatus::Queued, RunStatus::Running],
             to: RunStatus::Cancelled,
@@ -420,24 +567,48 @@ impl Engine {
             error: None,
         };
         if !self.store().transition_run(run_id, &t).await? {
-            let status = self.store().get_run(run_id).await?.map_or(run.status, |r| r.status);
-            return Err(EngineError::Conflict(format!("run {run_id} has already ended ({})", status.as_str())));
+            let status = self
+                .store()
+                .get_run(run_id)
+                .await?
+                .map_or(run.status, |r| r.status);
+            return Err(EngineError::Conflict(format!(
+                "run {run_id} has already ended ({})",
+                status.as_str()
+            )));
         }
-        let data = json!({"function_id": run.function_id, "run_id": run_id, "event": run.event.to_json()});
-        self.emit(NewEvent::new(FUNCTION_CANCELLED, data).with_id(format!("baton:cancelled:{run_id}"))).await?;
-        self.store().get_run(run_id).await?.ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))
+        let data =
+            json!({"function_id": run.function_id, "run_id": run_id, "event": run.event.to_json()});
+        self.emit(
+            NewEvent::new(FUNCTION_CANCELLED, data).with_id(format!("baton:cancelled:{run_id}")),
+        )
+        .await?;
+        self.store()
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))
     }
 
     /// Starts a new run of the same function on the same event. Returns the new run id.
     pub async fn replay(&self, run_id: &str) -> Result<String, EngineError> {
-        let old = self.store().get_run(run_id).await?.ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))?;
-        let function = self
-            .registry()
-            .get(&old.function_id)
-            .ok_or_else(|| EngineError::Conflict(format!("function {:?} is no longer registered", old.function_id)))?;
+        let old = self
+            .store()
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))?;
+        let function = self.registry().get(&old.function_id).ok_or_else(|| {
+            EngineError::Conflict(format!(
+                "function {:?} is no longer registered",
+                old.function_id
+            ))
+        })?;
         let run = self.new_run(new_ulid(self.now()), function, old.event, Some(old.run_id));
         self.store().create_run(&run).await?;
-        self.send(vec![Envelope { message: start_message(&run), delay: Duration::ZERO }]).await?;
+        self.send(vec![Envelope {
+            message: start_message(&run),
+            delay: Duration::ZERO,
+        }])
+        .await?;
         Ok(run.run_id)
     }
 
@@ -479,7 +650,15 @@ impl Engine {
         before: Option<DateTime<Utc>>,
     ) -> Result<usize, EngineError> {
         let mut cancelled = 0;
-        for run in self.runs_in_window(function_id, &[RunStatus::Queued, RunStatus::Running], after, before).await? {
+        for run in self
+            .runs_in_window(
+                function_id,
+                &[RunStatus::Queued, RunStatus::Running],
+                after,
+                before,
+            )
+            .await?
+        {
             match self.cancel(&run.run_id).await {
                 Ok(_) => cancelled += 1,
                 Err(EngineError::Conflict(_)) => {}
@@ -498,10 +677,15 @@ impl Engine {
         before: Option<DateTime<Utc>>,
     ) -> Result<Vec<String>, EngineError> {
         if !matches!(status, RunStatus::Failed | RunStatus::Cancelled) {
-            return Err(EngineError::Invalid("status must be Failed or Cancelled".into()));
+            return Err(EngineError::Invalid(
+                "status must be Failed or Cancelled".into(),
+            ));
         }
         let mut ids = Vec::new();
-        for run in self.runs_in_window(function_id, &[status], after, before).await? {
+        for run in self
+            .runs_in_window(function_id, &[status], after, before)
+            .await?
+        {
             ids.push(self.replay(&run.run_id).await?);
         }
         Ok(ids)
@@ -517,16 +701,33 @@ impl Engine {
         let now = self.now();
         let mut batch = Vec::new();
         for function in self.registry().functions() {
-            let runs = self.runs_in_window(&function.id, &[RunStatus::Queued, RunStatus::Running], None, None).await?;
+            let runs = self
+                .runs_in_window(
+                    &function.id,
+                    &[RunStatus::Queued, RunStatus::Running],
+                    None,
+                    None,
+                )
+                .await?;
             for run in runs {
                 if let Some(stale_after) = stale_after {
                     let journal = self.store().journal(&run.run_id).await?;
                     let last = journal
                         .iter()
-                        .flat_map(|s| [Some(s.planned_at), s.started_at, s.ended_at, s.wake_at.filter(|_| !s.status.is_final())])
+                        .flat_map(|s| {
+                            [
+                                Some(s.planned_at),
+                                s.started_at,
+                                s.ended_at,
+                                s.wake_at.filter(|_| !s.status.is_final()),
+                            ]
+                        })
                         .flatten()
                         .fold(run.started_at, DateTime::max);
-                    if (now - last).to_std().map_or(true, |idle| idle < stale_after) {
+                    if (now - last)
+                        .to_std()
+                        .map_or(true, |idle| idle < stale_after)
+                    {
                         continue;
                     }
                 }
@@ -536,7 +737,10 @@ impl Engine {
                     kind: MessageKind::Redrive,
                     not_before: None,
                 };
-                batch.push(Envelope { message, delay: Duration::ZERO });
+                batch.push(Envelope {
+                    message,
+                    delay: Duration::ZERO,
+                });
             }
         }
         let count = batch.len();
@@ -562,7 +766,9 @@ fn new_ulid(now: DateTime<Utc>) -> String {
 /// dispatch after a crash) can never start a second run. Its time part is the event's, so
 /// run ids still sort by start.
 pub fn run_id_for(event_id: &str, function_id: &str) -> String {
-    let ms = Ulid::from_string(event_id).map(|u| u.timestamp_ms()).unwrap_or(0);
+    let ms = Ulid::from_string(event_id)
+        .map(|u| u.timestamp_ms())
+        .unwrap_or(0);
     let digest = Sha256::digest(format!("{event_id}/{function_id}").as_bytes());
     let random = u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"));
     Ulid::from_parts(ms, random).to_string()

@@ -51,8 +51,18 @@ impl Ord for MessageOrd {
 impl LocalQueue {
     pub fn new() -> (LocalQueue, LocalReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queue = LocalQueue { tx, sent: Arc::new(AtomicU64::new(0)) };
-        (queue, LocalReceiver { rx, heap: BinaryHeap::new(), seq: 0 })
+        let queue = LocalQueue {
+            tx,
+            sent: Arc::new(AtomicU64::new(0)),
+        };
+        (
+            queue,
+            LocalReceiver {
+                rx,
+                heap: BinaryHeap::new(),
+                seq: 0,
+            },
+        )
     }
 
     /// Messages sent so far (for benchmarks).
@@ -66,8 +76,12 @@ impl Queue for LocalQueue {
     async fn send(&self, batch: Vec<Envelope>) -> Result<(), QueueError> {
         let now = Instant::now();
         for Envelope { message, delay } in batch {
-            let due = now.checked_add(delay).unwrap_or(now + std::time::Duration::from_secs(3 * 366 * 86400));
-            self.tx.send((due, message)).map_err(|_| QueueError::Backend("local queue is closed".into()))?;
+            let due = now
+                .checked_add(delay)
+                .unwrap_or(now + std::time::Duration::from_secs(3 * 366 * 86400));
+            self.tx
+                .send((due, message))
+                .map_err(|_| QueueError::Backend("local queue is closed".into()))?;
             self.sent.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())

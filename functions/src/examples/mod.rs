@@ -1,0 +1,3 @@
+//! Example workloads.
+
+pub mod order;

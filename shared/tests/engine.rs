@@ -1,0 +1,643 @@
+//! The engine end to end in local mode, on the in-memory store, with paused tokio time so
+//! sleeps and backoffs take no real time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton::engine::run_id_for;
+use baton::local::{LocalOptions, LocalRuntime};
+use baton::model::{MessageKind, RunRecord, StepKind};
+use baton::store::memory::MemoryStore;
+use baton::{
+    Ctx, Error, Event, Function, NewEvent, Registry, RunStatus, StepConfig, StepError, StepStatus,
+};
+use serde_json::{Value, json};
+
+type Counts = Arc<Mutex<HashMap<String, u32>>>;
+
+fn bump(counts: &Counts, key: &str) -> u32 {
+    let mut c = counts.lock().unwrap();
+    let n = c.entry(key.to_string()).or_insert(0);
+    *n += 1;
+    *n
+}
+
+async fn start(registry: Registry) -> LocalRuntime {
+    // No sweeps: a lost message must show up as a stuck run here, not be papered over.
+    let options = LocalOptions {
+        sweep_interval: Duration::from_secs(1000 * 86400),
+        ..LocalOptions::default()
+    };
+    LocalRuntime::start(registry, Arc::new(MemoryStore::new()), options)
+        .await
+        .unwrap()
+}
+
+async fn send(rt: &LocalRuntime, name: &str, data: Value) -> String {
+    rt.engine()
+        .send_events(vec![NewEvent::new(name, data)])
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+async fn finish(rt: &LocalRuntime, event_id: &str, function_id: &str) -> RunRecord {
+    let run_id = run_id_for(event_id, function_id);
+    rt.wait_for_run(&run_id, Duration::from_secs(3 * 366 * 86400))
+        .await
+        .expect("run ends")
+}
+
+#[tokio::test(start_paused = true)]
+async fn steps_run_once_and_outputs_are_journaled() {
+    let counts: Counts = Default::default();
+    let c = counts.clone();
+    let f = Function::new("seq")
+        .trigger("t/seq")
+        .step("a", StepConfig::default())
+        .step("b", StepConfig::default())
+        .handler(move |ctx: Ctx, ev: Event<Value>| {
+            let c = c.clone();
+            async move {
+                let a: u32 = ctx.step("a", |_| async { Ok(bump(&c, "a") * 10) }).await?;
+                let b: String = ctx
+                    .step("b", |_| async move {
+                        bump(&c, "b");
+                        Ok(format!("{a}-{}", ev.data["x"]))
+                    })
+                    .await?;
+                Ok(json!({"a": a, "b": b}))
+            }
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/seq", json!({"x": 7})).await;
+    let run = finish(&rt, &ev, "seq").await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.output, Some(json!({"a": 10, "b": "10-7"})));
+    // Three invocations replayed the function; each body ran exactly once.
+    assert_eq!(
+        *counts.lock().unwrap(),
+        HashMap::from([("a".into(), 1), ("b".into(), 1)])
+    );
+    let detail = rt.engine().get_run(&run.run_id).await.unwrap().unwrap();
+    let steps: Vec<_> = detail
+        .steps
+        .iter()
+        .map(|s| (s.step_id.as_str(), s.status, s.attempts))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("a", StepStatus::Completed, 1),
+            ("b", StepStatus::Completed, 1)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_that_fails_twice_then_succeeds_shows_three_attempts() {
+    let f = Function::new("flaky")
+        .trigger("t/flaky")
+        .step("call", StepConfig::default().retries(3))
+        .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+            ctx.step("call", |s| async move {
+                if s.attempt < 3 {
+                    Err(StepError::retriable(format!("boom {}", s.attempt)))
+                } else {
+                    Ok(s.attempt)
+                }
+            })
+            .await
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let began = rt.engine().now();
+    let ev = send(&rt, "t/flaky", json!({})).await;
+    let run = finish(&rt, &ev, "flaky").await;
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.output, Some(json!(3)));
+    let steps = rt
+        .engine()
+        .get_run(&run.run_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .steps;
+    assert_eq!(steps[0].attempts, 3);
+    assert_eq!(steps[0].status, StepStatus::Completed);
+    // Backoff 1 s then 2 s, each with jitter in [50%, 100%].
+    let took = (run.ended_at.unwrap() - began).to_std().unwrap();
+    assert!(
+        took >= Duration::from_millis(1500) && took <= Duration::from_secs(4),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_hint_delays_the_next_attempt() {
+    let f = Function::new("limited")
+        .trigger("t/429")
+        .step("call", StepConfig::default())
+        .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+            ctx.step("call", |s| async move {
+                if s.attempt == 1 {
+                    Err(StepError::retry_after(Duration::from_secs(120), "429"))
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let began = rt.engine().now();
+    let ev = send(&rt, "t/429", json!({})).await;
+    let run = finish(&rt, &ev, "limited").await;
+    assert_eq!(run.status, RunStatus::Completed);
+    let took = (run.ended_at.unwrap() - began).to_std().unwrap();
+    assert!(
+        took >= Duration::from_secs(120) && took < Duration::from_secs(125),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_retriable_failure_fails_the_run_and_starts_the_failure_handler() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let a = attempts.clone();
+    let f = Function::new("strict")
+        .trigger("t/strict")
+        .step("check", StepConfig::default().retries(5))
+        .step("note", StepConfig::default())
+        .handler(move |ctx: Ctx, _ev: Event<Value>| {
+            let a = a.clone();
+            async move {
+                ctx.step("check", |_| async move {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    Err::<(), _>(StepError::non_retriable("bad video"))
+                })
+                .await
+            }
+        })
+        .on_failure(|ctx: Ctx, ev: Event<baton::FailureData>| async move {
+            let msg = ev.data.error.message.clone();
+            ctx.step("note", |_| async move { Ok(format!("handled: {msg}")) })
+                .await
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/strict", json!({})).await;
+    let run = finish(&rt, &ev, "strict").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.error.as_ref().unwrap().message, "bad video");
+    assert_eq!(run.error.as_ref().unwrap().name, "NonRetriableError");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        1,
+        "non-retriable errors are not retried"
+    );
+    // The failure handler ran on the baton/function.failed event.
+    let query = baton::model::RunQuery {
+        function_id: Some("strict-failure".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let handler_runs = rt.engine().store().list_runs(&query).await.unwrap().runs;
+    assert_eq!(handler_runs.len(), 1);
+    let handler_run = rt
+        .wait_for_run(&handler_runs[0].run_id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(handler_run.status, RunStatus::Completed);
+    assert_eq!(handler_run.output, Some(json!("handled: bad video")));
+    assert_eq!(handler_run.event.data["run_id"], json!(run.run_id));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_come_back_to_the_code_as_an_error_it_can_handle() {
+    let f = Function::new("fallback")
+        .trigger("t/fb")
+        .step("primary", StepConfig::default().retries(2))
+        .step("secondary", StepConfig::default());
+    let f = f.handler(|ctx: Ctx, _ev: Event<Value>| async move {
+        let primary: Result<String, Error> = ctx
+            .step("primary", |_| async {
+                Err(StepError::retriable("primary down"))
+            })
+            .await;
+        match primary {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                assert!(e.is_step_failure());
+                ctx.step("secondary", |_| async move {
+                    Ok(format!("secondary after: {}", e.message))
+                })
+                .await
+            }
+        }
+    });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/fb", json!({})).await;
+    let run = finish(&rt, &ev, "fallback").await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.output, Some(json!("secondary after: primary down")));
+    let steps = rt
+        .engine()
+        .get_run(&run.run_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .steps;
+    assert_eq!(
+        (steps[0].status, steps[0].attempts),
+        (StepStatus::Failed, 3)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn parallel_steps_are_planned_together_and_joined() {
+    let f = Function::new("fan")
+        .trigger("t/fan")
+        .step("part", StepConfig::default())
+        .step("sum", StepConfig::default());
+    let f = f.handler(|ctx: Ctx, _ev: Event<Value>| async move {
+        let parts = futures::future::join_all((0..5u32).map(|i| {
+            let ctx = ctx.clone();
+            async move { ctx.step("part", move |_| async move { Ok(i * i) }).await }
+        }))
+        .await;
+        let parts: Vec<u32> = parts.into_iter().collect::<Result<_, _>>()?;
+        ctx.step("sum", move |_| async move { Ok(parts.iter().sum::<u32>()) })
+            .await
+    });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/fan", json!({})).await;
+    let run = finish(&rt, &ev, "fan").await;
+    assert_eq!(run.output, Some(json!(30)));
+    let steps = rt
+        .engine()
+        .get_run(&run.run_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .steps;
+    let ids: Vec<_> = steps.iter().map(|s| s.step_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec!["part", "part:1", "part:2", "part:3", "part:4", "sum"]
+    );
+    // All five parts were planned by the same (start) invocation.
+    assert!(
+        steps[..5]
+            .iter()
+            .all(|s| s.planned_at == steps[0].planned_at)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sleeps_of_a_year_complete_and_longer_ones_are_refused() {
+    let f = Function::new("sleepy").trigger("t/sleep").handler(
+        |ctx: Ctx, ev: Event<Value>| async move {
+            let secs = ev.data["secs"].as_u64().unwrap();
+            ctx.sleep("nap", Duration::from_secs(secs)).await?;
+            Ok("awake")
+        },
+    );
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let year = 365 * 24 * 3600;
+    let began = rt.engine().now();
+    let ev = send(&rt, "t/sleep", json!({"secs": year})).await;
+    // One long tokio sleep lets paused time jump straight to the wake-up.
+    tokio::time::sleep(Duration::from_secs(year + 60)).await;
+    let run = finish(&rt, &ev, "sleepy").await;
+    assert_eq!(run.status, RunStatus::Completed);
+    let slept = (run.ended_at.unwrap() - began).to_std().unwrap();
+    assert!(
+        slept >= Duration::from_secs(year) && slept < Duration::from_secs(year + 5),
+        "{slept:?}"
+    );
+    let steps = rt
+        .engine()
+        .get_run(&run.run_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .steps;
+    assert_eq!(
+        (steps[0].kind, steps[0].status),
+        (StepKind::Sleep, StepStatus::Completed)
+    );
+
+    let ev = send(&rt, "t/sleep", json!({"secs": 400 * 24 * 3600})).await;
+    let run = finish(&rt, &ev, "sleepy").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.error.unwrap().name, "SleepTooLong");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_undeclared_step_fails_the_run_with_a_clear_error() {
+    let f = Function::new("typo")
+        .trigger("t/typo")
+        .step("download", StepConfig::default())
+        .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+            // Even code that swallows the error cannot hide it.
+            let _ = ctx.step("downlaod", |_| async { Ok(1) }).await;
+            Ok(())
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/typo", json!({})).await;
+    let run = finish(&rt, &ev, "typo").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap();
+    assert_eq!(error.name, "UndeclaredStep");
+    assert!(
+        error.message.contains("\"downlaod\"") && error.message.contains("download"),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn code_that_plans_steps_differently_on_replay_fails_instead_of_hanging() {
+    let flips = Arc::new(AtomicU32::new(0));
+    let fl = flips.clone();
+    let f = Function::new("wobbly")
+        .trigger("t/wobbly")
+        .step("a", StepConfig::default())
+        .step("b", StepConfig::default());
+    let f = f.handler(move |ctx: Ctx, _ev: Event<Value>| {
+        // Non-deterministic: a different first step on every replay.
+        let first = if fl.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            "a"
+        } else {
+            "b"
+        };
+        async move {
+            ctx.step(first, |_| async { Ok(1) }).await?;
+            ctx.step("b", |_| async { Ok(2) }).await?;
+            Ok(())
+        }
+    });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/wobbly", json!({})).await;
+    let run = finish(&rt, &ev, "wobbly").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.error.unwrap().name, "NonDeterministic");
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_event_is_journaled_and_starts_other_functions_once() {
+    let received = Arc::new(AtomicU32::new(0));
+    let r = received.clone();
+    let parent = Function::new("parent").trigger("t/parent").handler(
+        |ctx: Ctx, _ev: Event<Value>| async move {
+            let ids = ctx
+                .send_event("notify", vec![NewEvent::new("t/child", json!({"n": 1}))])
+                .await?;
+            ctx.sleep("wait", Duration::from_secs(5)).await?;
+            Ok(ids)
+        },
+    );
+    let child =
+        Function::new("child")
+            .trigger("t/child")
+            .handler(move |_ctx: Ctx, ev: Event<Value>| {
+                r.fetch_add(1, Ordering::SeqCst);
+                async move { Ok(ev.data["n"].clone()) }
+            });
+    let rt = start(
+        Registry::new()
+            .register(parent)
+            .unwrap()
+            .register(child)
+            .unwrap(),
+    )
+    .await;
+    let ev = send(&rt, "t/parent", json!({})).await;
+    let run = finish(&rt, &ev, "parent").await;
+    assert_eq!(run.status, RunStatus::Completed);
+    let ids: Vec<String> = serde_json::from_value(run.output.unwrap()).unwrap();
+    assert_eq!(ids.len(), 1);
+    let child_run = finish(&rt, &ids[0], "child").await;
+    assert_eq!(child_run.output, Some(json!(1)));
+    // The parent replayed after its sleep; the child event was sent once.
+    assert_eq!(
+        rt.engine()
+            .store()
+            .runs_for_event(&ids[0])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(received.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn progress_is_visible_while_running() {
+    let f =
+        Function::new("prog")
+            .trigger("t/prog")
+            .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+                ctx.progress(40, "transcribing").await?;
+                ctx.sleep("hold", Duration::from_secs(3600)).await?;
+                ctx.progress(100, "done").await?;
+                Ok(())
+            });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/prog", json!({})).await;
+    let run_id = run_id_for(&ev, "prog");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let run = rt.engine().store().get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(
+        run.progress.unwrap(),
+        baton::model::Progress {
+            percent: 40,
+            message: "transcribing".into()
+        }
+    );
+    let run = finish(&rt, &ev, "prog").await;
+    assert_eq!(run.progress.unwrap().percent, 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_sleeping_run_stops_it() {
+    let ran = Arc::new(AtomicU32::new(0));
+    let r = ran.clone();
+    let f = Function::new("cancel-me")
+        .trigger("t/cancel")
+        .step("after", StepConfig::default())
+        .handler(move |ctx: Ctx, _ev: Event<Value>| {
+            let r = r.clone();
+            async move {
+                ctx.sleep("long", Duration::from_secs(3600)).await?;
+                ctx.step(
+                    "after",
+                    |_| async move { Ok(r.fetch_add(1, Ordering::SeqCst)) },
+                )
+                .await
+            }
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/cancel", json!({})).await;
+    let run_id = run_id_for(&ev, "cancel-me");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cancelled = rt.engine().cancel(&run_id).await.unwrap();
+    assert_eq!(cancelled.status, RunStatus::Cancelled);
+    tokio::time::sleep(Duration::from_secs(7200)).await;
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    assert!(matches!(
+        rt.engine().cancel(&run_id).await,
+        Err(baton::EngineError::Conflict(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_event_id_starts_one_run() {
+    let f = Function::new("once")
+        .trigger("t/once")
+        .handler(|_ctx: Ctx, _ev: Event<Value>| async move { Ok(()) });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let event = NewEvent::new("t/once", json!({})).with_id("order-42");
+    let a = rt.engine().send_events(vec![event.clone()]).await.unwrap();
+    let b = rt.engine().send_events(vec![event]).await.unwrap();
+    assert_eq!(a, b);
+    finish(&rt, &a[0], "once").await;
+    assert_eq!(
+        rt.engine()
+            .store()
+            .runs_for_event(&a[0])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_and_stale_messages_change_nothing() {
+    let counts: Counts = Default::default();
+    let c = counts.clone();
+    let f = Function::new("dup")
+        .trigger("t/dup")
+        .step("a", StepConfig::default())
+        .step("b", StepConfig::default());
+    let f = f.handler(move |ctx: Ctx, _ev: Event<Value>| {
+        let c = c.clone();
+        async move {
+            let a: u32 = ctx.step("a", |_| async { Ok(bump(&c, "a")) }).await?;
+            let b: u32 = ctx.step("b", |_| async { Ok(bump(&c, "b")) }).await?;
+            Ok(a + b)
+        }
+    });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/dup", json!({})).await;
+    let run = finish(&rt, &ev, "dup").await;
+    let before = rt.engine().get_run(&run.run_id).await.unwrap().unwrap();
+    // Every kind of message again, after the run ended and while its steps were final.
+    for kind in [
+        MessageKind::Start,
+        MessageKind::Redrive,
+        MessageKind::Step {
+            step_id: "a".into(),
+            name: "a".into(),
+            attempt: 1,
+        },
+        MessageKind::Step {
+            step_id: "b".into(),
+            name: "b".into(),
+            attempt: 1,
+        },
+    ] {
+        let message = baton::model::Message {
+            run_id: run.run_id.clone(),
+            function_id: "dup".into(),
+            kind,
+            not_before: None,
+        };
+        rt.engine().handle(message).await.unwrap();
+    }
+    assert_eq!(
+        rt.engine().get_run(&run.run_id).await.unwrap().unwrap(),
+        before
+    );
+    assert_eq!(
+        *counts.lock().unwrap(),
+        HashMap::from([("a".into(), 1), ("b".into(), 1)])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_outputs_fail_the_step_without_retrying() {
+    let f = Function::new("big")
+        .trigger("t/big")
+        .step("blob", StepConfig::default())
+        .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+            let s: String = ctx
+                .step("blob", |_| async { Ok("x".repeat(300 * 1024)) })
+                .await?;
+            Ok(s.len())
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/big", json!({})).await;
+    let run = finish(&rt, &ev, "big").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.error.unwrap().name, "OutputTooLarge");
+    let steps = rt
+        .engine()
+        .get_run(&run.run_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .steps;
+    assert_eq!(
+        (steps[0].status, steps[0].attempts),
+        (StepStatus::Failed, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_over_the_step_limit_fail() {
+    let f = Function::new("many")
+        .trigger("t/many")
+        .step("s", StepConfig::default())
+        .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+            for i in 0..1001u32 {
+                ctx.sleep("tick", Duration::from_millis(1)).await?;
+                let _ = i;
+            }
+            Ok(())
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/many", json!({})).await;
+    let run = finish(&rt, &ev, "many").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.error.unwrap().name, "TooManySteps");
+    assert_eq!(
+        rt.engine()
+            .get_run(&run.run_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .steps
+            .len(),
+        1000
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_event_data_fails_the_run_with_a_typed_error() {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[allow(dead_code)]
+        video_id: String,
+    }
+    let f = Function::new("typed")
+        .trigger("t/typed")
+        .handler(|_ctx: Ctx, _ev: Event<Typed>| async move { Ok(()) });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/typed", json!({"video_id": 5})).await;
+    let run = finish(&rt, &ev, "typed").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.error.unwrap().name, "InvalidEventData");
+}
