@@ -641,3 +641,47 @@ async fn invalid_event_data_fails_the_run_with_a_typed_error() {
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.error.unwrap().name, "InvalidEventData");
 }
+
+/// Parallel branches finishing at the same moment in different handlers: each reads the
+/// journal before the other's write lands, so only the re-read after recording lets the
+/// last one plan the join. Real threads and SQLite, many runs, so the race really happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_branches_finishing_together_still_plan_the_join() {
+    let f = Function::new("join")
+        .trigger("t/join")
+        .step("left", StepConfig::default())
+        .step("right", StepConfig::default());
+    let f =
+        f.step("after", StepConfig::default())
+            .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+                let (l, r) = futures::join!(
+                    ctx.step("left", |_| async { Ok(1) }),
+                    ctx.step("right", |_| async { Ok(2) })
+                );
+                let (l, r): (u32, u32) = (l?, r?);
+                ctx.step("after", move |_| async move { Ok(l + r) }).await
+            });
+    let store = baton::store::sqlite::SqliteStore::in_memory().unwrap();
+    let options = LocalOptions {
+        sweep_interval: Duration::from_secs(1000 * 86400),
+        ..LocalOptions::default()
+    };
+    let rt = LocalRuntime::start(
+        Registry::new().register(f).unwrap(),
+        Arc::new(store),
+        options,
+    )
+    .await
+    .unwrap();
+    let events = (0..40)
+        .map(|_| NewEvent::new("t/join", json!({})))
+        .collect();
+    let ids = rt.engine().send_events(events).await.unwrap();
+    for id in ids {
+        let run = rt
+            .wait_for_run(&run_id_for(&id, "join"), Duration::from_secs(30))
+            .await
+            .expect("every run ends");
+        assert_eq!(run.output, Some(json!(3)));
+    }
+}

@@ -82,6 +82,8 @@ struct State {
     progress: Option<Progress>,
     /// Messages to send once the pass ends (retries).
     outbox: Vec<(Message, Duration)>,
+    /// This invocation recorded the result of its target step.
+    target_recorded: bool,
 }
 
 /// Decrements the active count when a body ends, however it ends, and wakes the driver.
@@ -110,6 +112,7 @@ pub(crate) struct PassResult {
     pub outbox: Vec<(Message, Duration)>,
     /// Journal entries the pass never reached.
     pub unvisited: Vec<String>,
+    pub target_recorded: bool,
 }
 
 impl Ctx {
@@ -273,7 +276,9 @@ impl Ctx {
                 record.ended_at = Some(ended);
                 set_outcome(&mut record, outcome);
                 let result = journaled::<T>(&record).expect("a finished step is final");
-                self.state().journal.insert(step_id, record);
+                let mut state = self.state();
+                state.journal.insert(step_id, record);
+                state.target_recorded = true;
                 result
             }
         }
@@ -560,6 +565,7 @@ impl Ctx {
             progress: state.progress.take(),
             outbox: std::mem::take(&mut state.outbox),
             unvisited,
+            target_recorded: state.target_recorded,
         }
     }
 }

@@ -371,8 +371,28 @@ impl Engine {
             now,
         );
         let pass = ctx.clone().run_pass(handler(ctx, run.event.clone())).await;
+        // This handler recorded its step, but the run waits on parallel steps planned earlier.
+        // One of them may have been recorded after our journal read: read again (strongly
+        // consistent) and replay, so the last branch to finish always plans the join.
+        let recheck = pass.target_recorded
+            && matches!(pass.end, PassEnd::Blocked)
+            && pass.pending.iter().any(|p| !p.is_new);
         self.conclude(&run, pass, message.kind == MessageKind::Redrive)
-            .await
+            .await?;
+        if recheck {
+            let journal = store.journal(&run.run_id).await?;
+            let ctx = Ctx::new(
+                self.clone(),
+                run.clone(),
+                function,
+                journal,
+                None,
+                self.now(),
+            );
+            let pass = ctx.clone().run_pass(handler(ctx, run.event.clone())).await;
+            self.conclude(&run, pass, false).await?;
+        }
+        Ok(())
     }
 
     async fn conclude(
