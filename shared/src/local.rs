@@ -75,7 +75,18 @@ impl LocalRuntime {
             receiver,
             options.clone(),
         ));
-        let sweeper = tokio::spawn(sweep_forever(engine.clone(), options));
+        // Never re-drive a step that may still be inside its own timeout.
+        let longest_step = engine
+            .registry()
+            .functions()
+            .flat_map(|f| f.steps.values().map(|s| s.timeout))
+            .max()
+            .unwrap_or_default();
+        let stale_after = options.stale_after.max(longest_step * 2 + Duration::from_secs(60));
+        let sweeper = tokio::spawn(sweep_forever(
+            engine.clone(),
+            LocalOptions { stale_after, ..options },
+        ));
         Ok(LocalRuntime {
             engine,
             queue,

@@ -685,3 +685,50 @@ async fn parallel_branches_finishing_together_still_plan_the_join() {
         assert_eq!(run.output, Some(json!(3)));
     }
 }
+
+/// A start message lost between creating the run and enqueueing it (a crash): the sweeper
+/// finds the run idle past its deadline and re-drives it.
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_recovers_a_run_whose_message_was_lost() {
+    let f = Function::new("lost").trigger("t/lost").step("work", StepConfig::default()).handler(
+        |ctx: Ctx, _ev: Event<Value>| async move { ctx.step("work", |_| async { Ok("done".to_string()) }).await },
+    );
+    let options = LocalOptions {
+        sweep_interval: Duration::from_secs(30),
+        stale_after: Duration::from_secs(600),
+        ..LocalOptions::default()
+    };
+    let store = Arc::new(MemoryStore::new());
+    let rt = LocalRuntime::start(Registry::new().register(f).unwrap(), store.clone(), options).await.unwrap();
+    let now = rt.engine().now();
+    let event = baton::model::EventRecord {
+        id: ulid::Ulid::new().to_string(),
+        name: "t/lost".into(),
+        data: json!({}),
+        ts: now.timestamp_millis(),
+        user: json!({}),
+        v: None,
+        idempotency_id: None,
+    };
+    let run = RunRecord {
+        run_id: run_id_for(&event.id, "lost"),
+        function_id: "lost".into(),
+        event_id: event.id.clone(),
+        event,
+        status: RunStatus::Queued,
+        started_at: now,
+        ended_at: None,
+        output: None,
+        error: None,
+        progress: None,
+        replay_of: None,
+    };
+    // Written straight to the store: no start message was ever sent.
+    assert!(baton::Store::create_run(store.as_ref(), &run).await.unwrap());
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(rt.engine().store().get_run(&run.run_id).await.unwrap().unwrap().status, RunStatus::Queued);
+    let ended = rt.wait_for_run(&run.run_id, Duration::from_secs(900)).await.expect("re-driven");
+    assert_eq!(ended.output, Some(json!("done")));
+    let idle = (ended.ended_at.unwrap() - now).to_std().unwrap();
+    assert!(idle >= Duration::from_secs(600) && idle <= Duration::from_secs(700), "{idle:?}");
+}
