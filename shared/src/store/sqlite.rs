@@ -365,7 +365,7 @@ impl Store for SqliteStore {
             // claim exists and is read in the same transaction, so it is the one that won.
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(backend)?;
             let claimed = tx
-                .execute(
+                .exec_cached(
                     "INSERT INTO idempotency (idempotency_id, event_id, expires_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT (idempotency_id) DO UPDATE
                      SET event_id = excluded.event_id, expires_at = excluded.expires_at
@@ -378,7 +378,7 @@ impl Store for SqliteStore {
                 None
             } else {
                 Some(
-                    tx.query_row(
+                    tx.query_row_cached(
                         "SELECT event_id FROM idempotency WHERE idempotency_id = ?1",
                         [&idempotency_id],
                         |row| row.get(0),
@@ -404,7 +404,7 @@ impl Store for SqliteStore {
         );
         self.with_conn(move |conn| {
             let n = conn
-                .execute(
+                .exec_cached(
                     "INSERT INTO events (event_id, name, data, ts, user, v, idempotency_id)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
                     params![row.0, row.1, row.2, row.3, row.4, row.5, row.6],
@@ -419,7 +419,7 @@ impl Store for SqliteStore {
         let event_id = event_id.to_owned();
         self.with_conn(move |conn| {
             let row = conn
-                .query_row(
+                .query_row_cached(
                     "SELECT event_id, name, data, ts, user, v, idempotency_id FROM events WHERE event_id = ?1",
                     [&event_id],
                     |row| {
@@ -468,7 +468,7 @@ impl Store for SqliteStore {
         };
         self.with_conn(move |conn| {
             let n = conn
-                .execute(
+                .exec_cached(
                     &format!(
                         "INSERT INTO runs ({RUN_COLUMNS})
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING"
@@ -496,7 +496,7 @@ impl Store for SqliteStore {
     async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
         let run_id = run_id.to_owned();
         self.with_conn(move |conn| {
-            conn.query_row(
+            conn.query_row_cached(
                 &format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"),
                 [&run_id],
                 RunRow::read,
@@ -528,7 +528,7 @@ impl Store for SqliteStore {
         );
         self.with_conn(move |conn| {
             Ok(conn
-                .execute(&sql, params_from_iter(values))
+                .exec_cached(&sql, params_from_iter(values))
                 .map_err(backend)?
                 == 1)
         })
@@ -539,7 +539,7 @@ impl Store for SqliteStore {
         let (run_id, progress) = (run_id.to_owned(), json(progress)?);
         self.with_conn(move |conn| {
             let n = conn
-                .execute(
+                .exec_cached(
                     &format!(
                         "UPDATE runs SET progress = ?2 WHERE run_id = ?1 AND status NOT IN {TERMINAL_RUN}"
                     ),
@@ -651,7 +651,7 @@ impl Store for SqliteStore {
         };
         self.with_conn(move |conn| {
             let n = conn
-                .execute(
+                .exec_cached(
                     &format!(
                         "INSERT INTO steps ({STEP_COLUMNS})
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -689,7 +689,7 @@ impl Store for SqliteStore {
         let (run_id, step_id, at) = (run_id.to_owned(), step_id.to_owned(), ts(at));
         self.with_conn(move |conn| {
             let n = conn
-                .execute(
+                .exec_cached(
                     &format!(
                         "UPDATE steps SET status = 'Running', attempts = ?3, started_at = COALESCE(started_at, ?4)
                          WHERE run_id = ?1 AND step_id = ?2 AND status NOT IN {FINAL_STEP} AND attempts <= ?3"
@@ -714,7 +714,7 @@ impl Store for SqliteStore {
         let (error, next_at) = (json(error)?, ts(next_at));
         self.with_conn(move |conn| {
             let n = conn
-                .execute(
+                .exec_cached(
                     &format!(
                         "UPDATE steps SET status = 'Planned', error = ?4, wake_at = ?5
                          WHERE run_id = ?1 AND step_id = ?2 AND status NOT IN {FINAL_STEP} AND attempts = ?3"
@@ -743,7 +743,7 @@ impl Store for SqliteStore {
         let (run_id, step_id, at) = (run_id.to_owned(), step_id.to_owned(), ts(at));
         self.with_conn(move |conn| {
             let n = conn
-                .execute(
+                .exec_cached(
                     &format!(
                         "UPDATE steps SET status = ?3, output = ?4, error = ?5, ended_at = ?6
                          WHERE run_id = ?1 AND step_id = ?2 AND status NOT IN {FINAL_STEP}"
@@ -754,6 +754,30 @@ impl Store for SqliteStore {
             Ok(n == 1)
         })
         .await
+    }
+}
+
+
+/// Every statement goes through SQLite's prepared-statement cache: the SQL strings are
+/// constant per call site, so parsing them once saves a good share of each call's CPU.
+trait Cached {
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
     }
 }
 
