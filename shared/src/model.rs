@@ -294,6 +294,20 @@ pub struct RunPage {
     pub cursor: Option<String>,
 }
 
+impl RunPage {
+    /// A page from up to `limit + 1` runs read newest first: the extra run only tells that
+    /// more follow, and the cursor is then the last run id of the page.
+    pub fn from_overfetch(mut runs: Vec<RunRecord>, limit: usize) -> RunPage {
+        let cursor = if runs.len() > limit {
+            runs.truncate(limit);
+            runs.last().map(|r| r.run_id.clone())
+        } else {
+            None
+        };
+        RunPage { runs, cursor }
+    }
+}
+
 /// A conditional change of a run's status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunTransition {

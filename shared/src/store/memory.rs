@@ -178,7 +178,7 @@ impl Store for MemoryStore {
         };
         let state = self.state();
         // One extra row tells whether another page exists.
-        let mut runs: Vec<RunRecord> = state
+        let runs: Vec<RunRecord> = state
             .runs
             .range::<str, _>((Bound::Unbounded, upper))
             .rev()
@@ -187,13 +187,7 @@ impl Store for MemoryStore {
             .take(limit + 1)
             .cloned()
             .collect();
-        let cursor = if runs.len() > limit {
-            runs.truncate(limit);
-            runs.last().map(|r| r.run_id.clone())
-        } else {
-            None
-        };
-        Ok(RunPage { runs, cursor })
+        Ok(RunPage::from_overfetch(runs, limit))
     }
 
     async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunRecord>> {

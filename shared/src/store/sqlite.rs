@@ -592,17 +592,11 @@ impl Store for SqliteStore {
                 rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
             })
             .await?;
-        let mut runs = rows
+        let runs = rows
             .into_iter()
             .map(RunRow::decode)
             .collect::<StoreResult<Vec<_>>>()?;
-        let cursor = if runs.len() > limit {
-            runs.truncate(limit);
-            runs.last().map(|r| r.run_id.clone())
-        } else {
-            None
-        };
-        Ok(RunPage { runs, cursor })
+        Ok(RunPage::from_overfetch(runs, limit))
     }
 
     async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunRecord>> {
