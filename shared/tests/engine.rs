@@ -732,3 +732,32 @@ async fn the_sweeper_recovers_a_run_whose_message_was_lost() {
     let idle = (ended.ended_at.unwrap() - now).to_std().unwrap();
     assert!(idle >= Duration::from_secs(600) && idle <= Duration::from_secs(700), "{idle:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_lettered_message_fails_its_run_with_the_reason() {
+    let f = Function::new("dl").trigger("t/dl").step("slow", StepConfig::default()).handler(
+        |ctx: Ctx, _ev: Event<Value>| async move {
+            ctx.sleep("wait", Duration::from_secs(3600)).await?;
+            ctx.step("slow", |_| async { Ok(1) }).await
+        },
+    );
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/dl", json!({})).await;
+    let run_id = run_id_for(&ev, "dl");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let message = baton::model::Message {
+        run_id: run_id.clone(),
+        function_id: "dl".into(),
+        kind: MessageKind::Step { step_id: "slow".into(), name: "slow".into(), attempt: 1 },
+        not_before: None,
+    };
+    rt.engine().dead_letter(&message, "received 5 times").await.unwrap();
+    let run = rt.engine().store().get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap();
+    assert_eq!(error.name, "DeadLettered");
+    assert!(error.message.contains("\"slow\"") && error.message.contains("received 5 times"), "{}", error.message);
+    // A finished run is left alone.
+    rt.engine().dead_letter(&message, "again").await.unwrap();
+    assert_eq!(rt.engine().store().get_run(&run_id).await.unwrap().unwrap().error.unwrap().name, "DeadLettered");
+}

@@ -711,6 +711,25 @@ impl Engine {
         Ok(ids)
     }
 
+    /// A message that exhausted its deliveries (it landed in a dead-letter queue): the run
+    /// fails with the reason, so no run ever stays Running silently.
+    pub async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), EngineError> {
+        let Some(run) = self.store().get_run(&message.run_id).await? else {
+            return Ok(());
+        };
+        if run.status.is_terminal() {
+            return Ok(());
+        }
+        let what = match &message.kind {
+            MessageKind::Step { step_id, attempt, .. } => format!("step {step_id:?} (attempt {attempt})"),
+            MessageKind::Wake { step_id } => format!("the wake-up of {step_id:?}"),
+            MessageKind::Start => "the start".to_string(),
+            MessageKind::Redrive => "a re-drive".to_string(),
+        };
+        let error = ErrorInfo::new("DeadLettered", format!("{what} could not be delivered: {reason}"));
+        self.fail_run(&run, error).await
+    }
+
     // ---- the sweeper ----
 
     /// Re-drives runs that have not ended and made no progress for `stale_after` (None: every
