@@ -11,11 +11,13 @@
 //! - [`store`]: the [`Store`] trait, its backends and the conformance suite.
 //! - [`queue`]: the [`Queue`] trait and the in-process delayed queue.
 //! - [`api`]: the HTTP API of API.md as an axum `Router` (plain request in, response out).
+//! - [`aws`]: Lambda adapters over the AWS event types (SQS batches, EventBridge schedules).
 //! - [`local`]: the embedded runtime behind `baton dev`.
 //! - [`chaos`]: fault-injecting store and queue wrappers for property tests.
 //! - [`error`]: error types.
 
 pub mod api;
+pub mod aws;
 pub mod chaos;
 pub mod engine;
 pub mod error;

@@ -82,10 +82,15 @@ impl LocalRuntime {
             .flat_map(|f| f.steps.values().map(|s| s.timeout))
             .max()
             .unwrap_or_default();
-        let stale_after = options.stale_after.max(longest_step * 2 + Duration::from_secs(60));
+        let stale_after = options
+            .stale_after
+            .max(longest_step * 2 + Duration::from_secs(60));
         let sweeper = tokio::spawn(sweep_forever(
             engine.clone(),
-            LocalOptions { stale_after, ..options },
+            LocalOptions {
+                stale_after,
+                ..options
+            },
         ));
         Ok(LocalRuntime {
             engine,

@@ -690,16 +690,21 @@ async fn parallel_branches_finishing_together_still_plan_the_join() {
 /// finds the run idle past its deadline and re-drives it.
 #[tokio::test(start_paused = true)]
 async fn the_sweeper_recovers_a_run_whose_message_was_lost() {
-    let f = Function::new("lost").trigger("t/lost").step("work", StepConfig::default()).handler(
-        |ctx: Ctx, _ev: Event<Value>| async move { ctx.step("work", |_| async { Ok("done".to_string()) }).await },
-    );
+    let f = Function::new("lost")
+        .trigger("t/lost")
+        .step("work", StepConfig::default())
+        .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+            ctx.step("work", |_| async { Ok("done".to_string()) }).await
+        });
     let options = LocalOptions {
         sweep_interval: Duration::from_secs(30),
         stale_after: Duration::from_secs(600),
         ..LocalOptions::default()
     };
     let store = Arc::new(MemoryStore::new());
-    let rt = LocalRuntime::start(Registry::new().register(f).unwrap(), store.clone(), options).await.unwrap();
+    let rt = LocalRuntime::start(Registry::new().register(f).unwrap(), store.clone(), options)
+        .await
+        .unwrap();
     let now = rt.engine().now();
     let event = baton::model::EventRecord {
         id: ulid::Ulid::new().to_string(),
@@ -724,23 +729,43 @@ async fn the_sweeper_recovers_a_run_whose_message_was_lost() {
         replay_of: None,
     };
     // Written straight to the store: no start message was ever sent.
-    assert!(baton::Store::create_run(store.as_ref(), &run).await.unwrap());
+    assert!(
+        baton::Store::create_run(store.as_ref(), &run)
+            .await
+            .unwrap()
+    );
     tokio::time::sleep(Duration::from_secs(300)).await;
-    assert_eq!(rt.engine().store().get_run(&run.run_id).await.unwrap().unwrap().status, RunStatus::Queued);
-    let ended = rt.wait_for_run(&run.run_id, Duration::from_secs(900)).await.expect("re-driven");
+    assert_eq!(
+        rt.engine()
+            .store()
+            .get_run(&run.run_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        RunStatus::Queued
+    );
+    let ended = rt
+        .wait_for_run(&run.run_id, Duration::from_secs(900))
+        .await
+        .expect("re-driven");
     assert_eq!(ended.output, Some(json!("done")));
     let idle = (ended.ended_at.unwrap() - now).to_std().unwrap();
-    assert!(idle >= Duration::from_secs(600) && idle <= Duration::from_secs(700), "{idle:?}");
+    assert!(
+        idle >= Duration::from_secs(600) && idle <= Duration::from_secs(700),
+        "{idle:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_dead_lettered_message_fails_its_run_with_the_reason() {
-    let f = Function::new("dl").trigger("t/dl").step("slow", StepConfig::default()).handler(
-        |ctx: Ctx, _ev: Event<Value>| async move {
+    let f = Function::new("dl")
+        .trigger("t/dl")
+        .step("slow", StepConfig::default())
+        .handler(|ctx: Ctx, _ev: Event<Value>| async move {
             ctx.sleep("wait", Duration::from_secs(3600)).await?;
             ctx.step("slow", |_| async { Ok(1) }).await
-        },
-    );
+        });
     let rt = start(Registry::new().register(f).unwrap()).await;
     let ev = send(&rt, "t/dl", json!({})).await;
     let run_id = run_id_for(&ev, "dl");
@@ -748,16 +773,38 @@ async fn a_dead_lettered_message_fails_its_run_with_the_reason() {
     let message = baton::model::Message {
         run_id: run_id.clone(),
         function_id: "dl".into(),
-        kind: MessageKind::Step { step_id: "slow".into(), name: "slow".into(), attempt: 1 },
+        kind: MessageKind::Step {
+            step_id: "slow".into(),
+            name: "slow".into(),
+            attempt: 1,
+        },
         not_before: None,
     };
-    rt.engine().dead_letter(&message, "received 5 times").await.unwrap();
+    rt.engine()
+        .dead_letter(&message, "received 5 times")
+        .await
+        .unwrap();
     let run = rt.engine().store().get_run(&run_id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Failed);
     let error = run.error.unwrap();
     assert_eq!(error.name, "DeadLettered");
-    assert!(error.message.contains("\"slow\"") && error.message.contains("received 5 times"), "{}", error.message);
+    assert!(
+        error.message.contains("\"slow\"") && error.message.contains("received 5 times"),
+        "{}",
+        error.message
+    );
     // A finished run is left alone.
     rt.engine().dead_letter(&message, "again").await.unwrap();
-    assert_eq!(rt.engine().store().get_run(&run_id).await.unwrap().unwrap().error.unwrap().name, "DeadLettered");
+    assert_eq!(
+        rt.engine()
+            .store()
+            .get_run(&run_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .error
+            .unwrap()
+            .name,
+        "DeadLettered"
+    );
 }

@@ -189,7 +189,7 @@ impl Ctx {
         {
             Err(e) => return self.interrupt(e.into()).await,
             // Final already, or a stale attempt number: defer to the journal.
-            Ok(false) => return self.reread::<T>(&step_id, name).await,
+            Ok(false) => return self.reread::<T>(&step_id, name, _active).await,
             Ok(true) => {}
         }
         let config = self
@@ -244,7 +244,7 @@ impl Ctx {
                     .await
                 {
                     Err(e) => return self.interrupt(e.into()).await,
-                    Ok(false) => return self.reread::<T>(&step_id, name).await,
+                    Ok(false) => return self.reread::<T>(&step_id, name, _active).await,
                     Ok(true) => {}
                 }
                 let message = Message {
@@ -269,7 +269,7 @@ impl Ctx {
             .await
         {
             Err(e) => self.interrupt(e.into()).await,
-            Ok(false) => self.reread::<T>(&step_id, name).await,
+            Ok(false) => self.reread::<T>(&step_id, name, _active).await,
             Ok(true) => {
                 let mut record = record;
                 record.attempts = attempt;
@@ -357,7 +357,7 @@ impl Ctx {
             .await
         {
             Err(e) => self.interrupt(e.into()).await,
-            Ok(false) => self.reread::<Vec<String>>(&step_id, name).await,
+            Ok(false) => self.reread::<Vec<String>>(&step_id, name, _active).await,
             Ok(true) => {
                 let mut record = record;
                 set_outcome(&mut record, outcome);
@@ -498,7 +498,12 @@ impl Ctx {
     }
 
     /// Another handler finished this step (or a newer attempt owns it): use the journal.
-    async fn reread<T: DeserializeOwned>(&self, step_id: &str, name: &str) -> Result<T, Error> {
+    async fn reread<T: DeserializeOwned>(
+        &self,
+        step_id: &str,
+        name: &str,
+        active: ActiveGuard<'_>,
+    ) -> Result<T, Error> {
         let journal = match self.inner.engine.store().journal(self.run_id()).await {
             Ok(j) => j,
             Err(e) => return self.interrupt(e.into()).await,
@@ -510,8 +515,12 @@ impl Ctx {
                 self.state().journal.insert(step_id.to_string(), record);
                 result
             }
-            Some(record) => self.block(record).await,
+            Some(record) => {
+                drop(active);
+                self.block(record).await
+            }
             None => {
+                drop(active);
                 let record = self.new_record(step_id, name, StepKind::Run, None);
                 self.block(record).await
             }

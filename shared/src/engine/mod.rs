@@ -402,8 +402,9 @@ impl Engine {
         redrive: bool,
     ) -> Result<(), EngineError> {
         let store = self.store();
+        let progressed = pass.target_recorded || !pass.outbox.is_empty();
         // Retries were journaled during the pass; their messages go out whatever happens next.
-        let retries = pass
+        let retries: Vec<_> = pass
             .outbox
             .into_iter()
             .map(|(message, delay)| Envelope { message, delay })
@@ -445,15 +446,24 @@ impl Engine {
             PassEnd::Finished(Err(error)) => self.fail_run(run, error.info()).await,
             PassEnd::Blocked => {
                 let mut batch = Vec::new();
+                let mut unstarted = Vec::new();
                 for Pending { record, is_new } in pass.pending {
-                    let enqueue = if is_new {
-                        store.plan_step(&record).await?
-                    } else {
-                        redrive
-                    };
-                    if enqueue {
-                        batch.push(self.continuation(run, &record));
+                    if is_new {
+                        if store.plan_step(&record).await? {
+                            batch.push(self.continuation(run, &record));
+                        }
+                    } else if redrive
+                        || (record.attempts == 0
+                            && matches!(record.status, StepStatus::Planned | StepStatus::Sleeping))
+                    {
+                        unstarted.push(self.continuation(run, &record));
                     }
+                }
+                // A handler that moved nothing on may be the redelivery of one that died between
+                // planning a step and sending its message: send the message of every step not
+                // yet started again (a duplicate is harmless; a started step is not re-sent).
+                if redrive || (batch.is_empty() && !progressed) {
+                    batch.extend(unstarted);
                 }
                 self.send(batch).await
             }
@@ -721,12 +731,17 @@ impl Engine {
             return Ok(());
         }
         let what = match &message.kind {
-            MessageKind::Step { step_id, attempt, .. } => format!("step {step_id:?} (attempt {attempt})"),
+            MessageKind::Step {
+                step_id, attempt, ..
+            } => format!("step {step_id:?} (attempt {attempt})"),
             MessageKind::Wake { step_id } => format!("the wake-up of {step_id:?}"),
             MessageKind::Start => "the start".to_string(),
             MessageKind::Redrive => "a re-drive".to_string(),
         };
-        let error = ErrorInfo::new("DeadLettered", format!("{what} could not be delivered: {reason}"));
+        let error = ErrorInfo::new(
+            "DeadLettered",
+            format!("{what} could not be delivered: {reason}"),
+        );
         self.fail_run(&run, error).await
     }
 

@@ -751,7 +751,6 @@ impl Store for SqliteStore {
     }
 }
 
-
 /// Every statement goes through SQLite's prepared-statement cache: the SQL strings are
 /// constant per call site, so parsing them once saves a good share of each call's CPU.
 trait Cached {

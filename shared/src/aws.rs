@@ -1,0 +1,85 @@
+//! AWS Lambda adapters as plain async functions over the event types AWS sends, so a test can
+//! feed them the JSON of `sam local generate-event` and a binary's `main` is a few lines.
+//!
+//! - [`handle_queue_batch`]: a step's (or a function's continue) queue, `SqsEvent` in, partial
+//!   batch failures out (`ReportBatchItemFailures`): only the messages whose handling failed
+//!   go back to the queue.
+//! - [`handle_dead_letters`]: a dead-letter queue: each message fails its run with the reason.
+//! - [`handle_schedule`]: the sweeper on an EventBridge schedule.
+
+use std::time::Duration;
+
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::future::join_all;
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::model::Message;
+
+/// Decodes a queue message body.
+pub fn decode(body: Option<&str>) -> Result<Message, String> {
+    let body = body.ok_or("the SQS message has no body")?;
+    serde_json::from_str(body).map_err(|e| format!("not a Baton message ({e}): {body:.200}"))
+}
+
+fn message_id(record: &SqsMessage) -> String {
+    record.message_id.clone().unwrap_or_default()
+}
+
+/// Handles one batch from a step or continue queue, the messages concurrently. A message that
+/// is not a Baton message can never succeed: it is logged and dropped rather than retried
+/// into the DLQ, where it would not name a run either.
+pub async fn handle_queue_batch(engine: &Engine, event: SqsEvent) -> SqsBatchResponse {
+    let results = join_all(event.records.iter().map(|record| async move {
+        let message = match decode(record.body.as_deref()) {
+            Ok(message) => message,
+            Err(reason) => {
+                tracing::error!(message_id = %message_id(record), %reason, "dropping a message that is not Baton's");
+                return Ok(());
+            }
+        };
+        engine.handle(message).await
+    }))
+    .await;
+    let mut response = SqsBatchResponse::default();
+    for (record, result) in event.records.iter().zip(results) {
+        if let Err(error) = result {
+            tracing::warn!(message_id = %message_id(record), %error, "message goes back to the queue");
+            response.add_failure(message_id(record));
+        }
+    }
+    response
+}
+
+/// Handles a batch from a dead-letter queue: every message fails its run, with how many times
+/// SQS delivered it.
+pub async fn handle_dead_letters(engine: &Engine, event: SqsEvent) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for record in &event.records {
+        let Ok(message) = decode(record.body.as_deref()) else {
+            tracing::error!(message_id = %message_id(record), "dead letter is not a Baton message; dropped");
+            continue;
+        };
+        let received = record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .map_or("?", String::as_str);
+        let reason = format!("SQS delivered it {received} times without a handler finishing");
+        if let Err(error) = engine.dead_letter(&message, &reason).await {
+            tracing::warn!(message_id = %message_id(record), %error, "dead letter goes back to its queue");
+            response.add_failure(message_id(record));
+        }
+    }
+    response
+}
+
+/// The sweeper: re-drives runs that made no progress for `stale_after`. Returns how many.
+pub async fn handle_schedule(
+    engine: &Engine,
+    event: EventBridgeEvent,
+    stale_after: Duration,
+) -> Result<usize, EngineError> {
+    tracing::info!(id = ?event.id, time = ?event.time, "sweep");
+    engine.sweep(Some(stale_after)).await
+}

@@ -1,0 +1,218 @@
+//! The Lambda adapters fed the event JSON that AWS sends: the fixtures under tests/fixtures/
+//! were produced by `sam local generate-event` (see tests/fixtures/README.md).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use baton::aws::{handle_dead_letters, handle_queue_batch, handle_schedule};
+use baton::engine::run_id_for;
+use baton::error::QueueError;
+use baton::model::{Message, MessageKind};
+use baton::queue::{Envelope, Queue};
+use baton::store::memory::MemoryStore;
+use baton::{
+    Ctx, Engine, EngineConfig, Event, Function, NewEvent, Registry, RunStatus, StepConfig,
+};
+use serde_json::{Value, json};
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Captures what the engine sends; refuses sends for one run (a queue outage hitting it).
+#[derive(Default)]
+struct TestQueue {
+    sent: Mutex<Vec<Message>>,
+    refuse_run: Mutex<Option<String>>,
+}
+
+#[async_trait]
+impl Queue for TestQueue {
+    async fn send(&self, batch: Vec<Envelope>) -> Result<(), QueueError> {
+        let refuse = self.refuse_run.lock().unwrap().clone();
+        if batch
+            .iter()
+            .any(|e| Some(&e.message.run_id) == refuse.as_ref())
+        {
+            return Err(QueueError::Backend("queue unavailable".into()));
+        }
+        self.sent
+            .lock()
+            .unwrap()
+            .extend(batch.into_iter().map(|e| e.message));
+        Ok(())
+    }
+}
+
+impl TestQueue {
+    fn take(&self) -> Vec<Message> {
+        std::mem::take(&mut *self.sent.lock().unwrap())
+    }
+}
+
+fn engine(queue: Arc<TestQueue>) -> Engine {
+    let f = Function::new("two-steps")
+        .trigger("t/two")
+        .step("a", StepConfig::default())
+        .step("b", StepConfig::default());
+    let f = f.handler(|ctx: Ctx, ev: Event<Value>| async move {
+        let a: i64 = ctx
+            .step("a", |_| async move {
+                Ok(ev.data["n"].as_i64().unwrap_or(0) + 1)
+            })
+            .await?;
+        ctx.step("b", move |_| async move { Ok(a * 10) }).await
+    });
+    Engine::new(
+        Registry::new().register(f).unwrap(),
+        Arc::new(MemoryStore::new()),
+        queue,
+        EngineConfig::default(),
+    )
+}
+
+/// The fixture batch with its bodies replaced by these messages (ids, receipt handles,
+/// attributes and ARNs stay as AWS sent them).
+fn batch_of(messages: &[Message]) -> SqsEvent {
+    let mut event: SqsEvent = serde_json::from_str(&fixture("sqs-receive-message.json")).unwrap();
+    let template = event.records[0].clone();
+    event.records = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut record: SqsMessage = template.clone();
+            record.message_id = Some(format!("msg-{i}"));
+            record.body = Some(serde_json::to_string(m).unwrap());
+            record
+        })
+        .collect();
+    event
+}
+
+async fn send(engine: &Engine, n: i64) -> String {
+    engine
+        .send_events(vec![NewEvent::new("t/two", json!({"n": n}))])
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+#[tokio::test]
+async fn the_fixture_is_a_real_sqs_event_and_foreign_bodies_are_dropped() {
+    let queue = Arc::new(TestQueue::default());
+    let engine = engine(queue.clone());
+    let event: SqsEvent = serde_json::from_str(&fixture("sqs-receive-message.json")).unwrap();
+    assert!(
+        event.records[0]
+            .event_source_arn
+            .as_deref()
+            .unwrap()
+            .starts_with("arn:aws:sqs:")
+    );
+    // Its body is sam's sample text, not a Baton message: dropped, not retried forever.
+    let response = handle_queue_batch(&engine, event).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert!(queue.take().is_empty());
+}
+
+#[tokio::test]
+async fn a_run_moves_through_step_queues_one_batch_at_a_time() {
+    let queue = Arc::new(TestQueue::default());
+    let engine = engine(queue.clone());
+    let event_id = send(&engine, 4).await;
+    let run_id = run_id_for(&event_id, "two-steps");
+    for _ in 0..3 {
+        let messages = queue.take();
+        assert_eq!(messages.len(), 1, "one message hands the run on");
+        let response = handle_queue_batch(&engine, batch_of(&messages)).await;
+        assert!(response.batch_item_failures.is_empty());
+    }
+    let run = engine.store().get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.status, run.output),
+        (RunStatus::Completed, Some(json!(50)))
+    );
+}
+
+#[tokio::test]
+async fn a_batch_reports_exactly_the_message_whose_run_failed_to_move_on() {
+    let queue = Arc::new(TestQueue::default());
+    let engine = engine(queue.clone());
+    let ok_event = send(&engine, 1).await;
+    let bad_event = send(&engine, 2).await;
+    let starts = queue.take();
+    assert_eq!(starts.len(), 2);
+    let bad_run = run_id_for(&bad_event, "two-steps");
+    *queue.refuse_run.lock().unwrap() = Some(bad_run.clone());
+    let batch = batch_of(&starts);
+    let bad_index = starts.iter().position(|m| m.run_id == bad_run).unwrap();
+    let response = handle_queue_batch(&engine, batch).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(failed, vec![format!("msg-{bad_index}")]);
+    // The good run moved on; the failed message, redelivered once the queue is back, moves the other.
+    let sent = queue.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].run_id, run_id_for(&ok_event, "two-steps"));
+    *queue.refuse_run.lock().unwrap() = None;
+    let retry = handle_queue_batch(&engine, batch_of(&[starts[bad_index].clone()])).await;
+    assert!(retry.batch_item_failures.is_empty());
+    assert!(
+        matches!(&queue.take()[..], [m] if m.run_id == bad_run && matches!(m.kind, MessageKind::Step { .. }))
+    );
+}
+
+#[tokio::test]
+async fn a_dead_letter_fails_its_run_with_the_receive_count() {
+    let queue = Arc::new(TestQueue::default());
+    let engine = engine(queue.clone());
+    let event_id = send(&engine, 1).await;
+    let start = queue.take();
+    let mut batch = batch_of(&start);
+    batch.records[0]
+        .attributes
+        .insert("ApproximateReceiveCount".into(), "5".into());
+    let response = handle_dead_letters(&engine, batch).await;
+    assert!(response.batch_item_failures.is_empty());
+    let run = engine
+        .store()
+        .get_run(&run_id_for(&event_id, "two-steps"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap();
+    assert_eq!(error.name, "DeadLettered");
+    assert!(error.message.contains("5 times"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn the_scheduled_sweeper_redrives_idle_runs() {
+    let queue = Arc::new(TestQueue::default());
+    let engine = engine(queue.clone());
+    send(&engine, 1).await;
+    queue.take(); // the start message is lost
+    let event: EventBridgeEvent =
+        serde_json::from_str(&fixture("eventbridge-scheduled-event.json")).unwrap();
+    assert_eq!(event.detail_type, "Scheduled Event");
+    assert_eq!(
+        handle_schedule(&engine, event.clone(), Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        handle_schedule(&engine, event, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(&queue.take()[..], [m] if m.kind == MessageKind::Redrive));
+}
