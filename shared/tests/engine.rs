@@ -283,7 +283,7 @@ async fn parallel_steps_are_planned_together_and_joined() {
     let ids: Vec<_> = steps.iter().map(|s| s.step_id.as_str()).collect();
     assert_eq!(
         ids,
-        vec!["part", "part:1", "part:2", "part:3", "part:4", "sum"]
+        vec!["0/part", "1/part", "2/part", "3/part", "4/part", "sum"]
     );
     // All five parts were planned by the same (start) invocation.
     assert!(

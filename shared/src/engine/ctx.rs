@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -51,9 +52,28 @@ pub(crate) struct Pending {
 }
 
 /// Function code's handle on its run.
-#[derive(Clone)]
+///
+/// Cloning gives a *branch*: its step ids carry the clone's position (`0/part`, `1/part`, …),
+/// so parallel branches keep their own ids on every replay, however far each branch got.
+/// Clone once per branch (as `join_all(items.map(|i| { let ctx = ctx.clone(); … }))` does);
+/// clones happen in the same order on every replay because code outside steps is deterministic.
 pub struct Ctx {
     inner: Arc<Inner>,
+    /// Step id prefix of this branch ("" at the top).
+    scope: String,
+    /// Branches cloned from this one so far.
+    branches: Arc<AtomicU32>,
+}
+
+impl Clone for Ctx {
+    fn clone(&self) -> Ctx {
+        let n = self.branches.fetch_add(1, Ordering::Relaxed);
+        Ctx {
+            inner: self.inner.clone(),
+            scope: format!("{}{n}/", self.scope),
+            branches: Arc::new(AtomicU32::new(0)),
+        }
+    }
 }
 
 struct Inner {
@@ -142,6 +162,17 @@ impl Ctx {
                 wake: Arc::new(Notify::new()),
                 state: Mutex::new(state),
             }),
+            scope: String::new(),
+            branches: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// The same branch (for the engine's own handle: no new step ids).
+    pub(crate) fn share(&self) -> Ctx {
+        Ctx {
+            inner: self.inner.clone(),
+            scope: self.scope.clone(),
+            branches: self.branches.clone(),
         }
     }
 
@@ -400,11 +431,12 @@ impl Ctx {
             ));
         }
         let mut state = self.state();
-        let count = state.name_counts.entry(name.to_string()).or_insert(0);
+        let base = format!("{}{name}", self.scope);
+        let count = state.name_counts.entry(base.clone()).or_insert(0);
         let step_id = if *count == 0 {
-            name.to_string()
+            base
         } else {
-            format!("{name}:{count}")
+            format!("{base}:{count}")
         };
         *count += 1;
         state.next_seq += 1;

@@ -370,7 +370,7 @@ impl Engine {
             target,
             now,
         );
-        let pass = ctx.clone().run_pass(handler(ctx, run.event.clone())).await;
+        let pass = ctx.share().run_pass(handler(ctx, run.event.clone())).await;
         // This handler recorded its step, but the run waits on parallel steps planned earlier.
         // One of them may have been recorded after our journal read: read again (strongly
         // consistent) and replay, so the last branch to finish always plans the join.
@@ -389,7 +389,7 @@ impl Engine {
                 None,
                 self.now(),
             );
-            let pass = ctx.clone().run_pass(handler(ctx, run.event.clone())).await;
+            let pass = ctx.share().run_pass(handler(ctx, run.event.clone())).await;
             self.conclude(&run, pass, false).await?;
         }
         Ok(())
