@@ -2,6 +2,7 @@
 //! never relies on more. Backends: [`local::LocalQueue`] (in-process, delayed).
 
 pub mod local;
+pub mod sqs;
 
 use std::time::Duration;
 

@@ -6,6 +6,7 @@
 //! [`conformance`] is the one test suite every backend must pass.
 
 pub mod conformance;
+pub mod dynamodb;
 pub mod memory;
 pub mod sqlite;
 
