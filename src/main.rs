@@ -26,6 +26,19 @@ struct Cli {
 enum Command {
     /// Run the local dev server with the app's functions (embedded store, no AWS account).
     Dev(DevArgs),
+    /// Write the deployment files generated from the function registry: the handler binaries
+    /// (functions/src/bin, functions/Cargo.toml's [[bin]] section) and template.yaml.
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Compare instead of writing: exit non-zero listing the files that differ.
+    #[arg(long)]
+    check: bool,
+    /// The workspace root (holding template.yaml and functions/).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -55,7 +68,43 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Dev(args) => dev(args).await,
+        Command::Generate(args) => generate(args),
     }
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    use baton_functions::generate;
+    let registry = baton_functions::registry();
+    if !args.root.join(generate::FUNCTIONS_MANIFEST).is_file() {
+        anyhow::bail!(
+            "{} is not the workspace root (no {}); pass --root",
+            args.root.display(),
+            generate::FUNCTIONS_MANIFEST
+        );
+    }
+    if args.check {
+        let drift = generate::check(&args.root, &registry)?;
+        if drift.is_empty() {
+            println!("generated files are up to date");
+            return Ok(());
+        }
+        for d in &drift {
+            eprintln!("{d}");
+        }
+        eprintln!(
+            "{} generated file(s) differ from the registry: run `cargo run -- generate`",
+            drift.len()
+        );
+        std::process::exit(1);
+    }
+    let changed = generate::write(&args.root, &registry)?;
+    if changed.is_empty() {
+        println!("generated files are up to date");
+    }
+    for d in &changed {
+        println!("{d}");
+    }
+    Ok(())
 }
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {

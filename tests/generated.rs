@@ -1,0 +1,15 @@
+//! The committed deployment files (handler binaries, functions/Cargo.toml's `[[bin]]` section,
+//! template.yaml) must be what the function registry generates.
+
+#[test]
+fn generated_files_match_the_registry() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let drift = baton_functions::generate::check(root, &baton_functions::registry())
+        .expect("the generator runs");
+    let list: Vec<String> = drift.iter().map(ToString::to_string).collect();
+    assert!(
+        drift.is_empty(),
+        "generated files drifted from the registry; run `cargo run -- generate`:\n  {}",
+        list.join("\n  ")
+    );
+}
