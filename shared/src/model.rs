@@ -288,6 +288,18 @@ pub struct RunQuery {
     pub cursor: Option<String>,
 }
 
+impl RunQuery {
+    /// Whether a run passes the filters (not the cursor).
+    pub fn matches(&self, run: &RunRecord) -> bool {
+        self.function_id
+            .as_ref()
+            .is_none_or(|f| *f == run.function_id)
+            && self.status.is_none_or(|s| s == run.status)
+            && self.started_after.is_none_or(|t| run.started_at > t)
+            && self.started_before.is_none_or(|t| run.started_at < t)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunPage {
     pub runs: Vec<RunRecord>,

@@ -1215,14 +1215,7 @@ impl Source {
 }
 
 fn matches(run: &RunRecord, query: &RunQuery) -> bool {
-    query
-        .function_id
-        .as_ref()
-        .is_none_or(|f| *f == run.function_id)
-        && query.status.is_none_or(|s| s == run.status)
-        && query.started_after.is_none_or(|t| run.started_at > t)
-        && query.started_before.is_none_or(|t| run.started_at < t)
-        && query.cursor.as_ref().is_none_or(|c| run.run_id < *c)
+    query.matches(run) && query.cursor.as_ref().is_none_or(|c| run.run_id < *c)
 }
 
 // ---- the contract ----

@@ -72,16 +72,6 @@ impl MemoryStore {
     }
 }
 
-fn matches(run: &RunRecord, query: &RunQuery) -> bool {
-    query
-        .function_id
-        .as_ref()
-        .is_none_or(|f| *f == run.function_id)
-        && query.status.is_none_or(|s| s == run.status)
-        && query.started_after.is_none_or(|t| run.started_at > t)
-        && query.started_before.is_none_or(|t| run.started_at < t)
-}
-
 #[async_trait]
 impl Store for MemoryStore {
     fn backend(&self) -> &'static str {
@@ -183,7 +173,7 @@ impl Store for MemoryStore {
             .range::<str, _>((Bound::Unbounded, upper))
             .rev()
             .map(|(_, run)| run)
-            .filter(|run| matches(run, query))
+            .filter(|run| query.matches(run))
             .take(limit + 1)
             .cloned()
             .collect();
