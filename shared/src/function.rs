@@ -124,6 +124,8 @@ pub struct Function {
     pub failure_of: Option<String>,
     pub(crate) handler: Option<Handler>,
     pub(crate) on_failure: Option<Handler>,
+    /// Steps the failure handler uses (it is its own function, with its own handlers).
+    pub failure_steps: BTreeMap<String, StepConfig>,
 }
 
 impl std::fmt::Debug for Function {
@@ -152,6 +154,7 @@ impl Function {
             failure_of: None,
             handler: None,
             on_failure: None,
+            failure_steps: BTreeMap::new(),
         }
     }
 
@@ -186,6 +189,12 @@ impl Function {
     /// Declares a step. Only declared names may be used with `ctx.step`.
     pub fn step(mut self, name: impl Into<String>, config: StepConfig) -> Self {
         self.steps.insert(name.into(), config);
+        self
+    }
+
+    /// Declares a step of the failure handler (`{id}-failure`).
+    pub fn failure_step(mut self, name: impl Into<String>, config: StepConfig) -> Self {
+        self.failure_steps.insert(name.into(), config);
         self
     }
 
@@ -316,7 +325,12 @@ impl Registry {
         if function.triggers.is_empty() {
             return Err(invalid("has no trigger".into()));
         }
-        if let Some(bad) = function.steps.keys().find(|s| !valid_name(s)) {
+        if let Some(bad) = function
+            .steps
+            .keys()
+            .chain(function.failure_steps.keys())
+            .find(|s| !valid_name(s))
+        {
             return Err(invalid(format!(
                 "step name {bad:?}: names are 1-64 chars of [A-Za-z0-9_-]"
             )));
@@ -332,11 +346,12 @@ impl Registry {
                         Value::String(function.id.clone()),
                     )),
                 }],
-                steps: function.steps.clone(),
+                steps: function.failure_steps.clone(),
                 retries: function.retries,
                 failure_of: Some(function.id.clone()),
                 handler: Some(on_failure),
                 on_failure: None,
+                failure_steps: BTreeMap::new(),
             };
             self = self.insert(handler_fn)?;
         }

@@ -168,7 +168,7 @@ async fn non_retriable_failure_fails_the_run_and_starts_the_failure_handler() {
     let f = Function::new("strict")
         .trigger("t/strict")
         .step("check", StepConfig::default().retries(5))
-        .step("note", StepConfig::default())
+        .failure_step("note", StepConfig::default())
         .handler(move |ctx: Ctx, _ev: Event<Value>| {
             let a = a.clone();
             async move {

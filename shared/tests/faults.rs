@@ -212,7 +212,7 @@ fn registry(probe: &Probe) -> Registry {
     let strict = Function::new("strict")
         .trigger("t/strict")
         .step("check", StepConfig::default().retries(5))
-        .step("note", StepConfig::default())
+        .failure_step("note", StepConfig::default())
         .handler(move |ctx: Ctx, ev: Event<Input>| {
             let p = p.clone();
             async move {

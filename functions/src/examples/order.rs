@@ -62,7 +62,7 @@ pub fn function() -> Function {
                 .timeout(Duration::from_secs(15))
                 .memory_mb(128),
         )
-        .step("record-failure", StepConfig::default())
+        .failure_step("record-failure", StepConfig::default())
         .handler(process_order)
         .on_failure(record_failure)
 }
