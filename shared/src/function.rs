@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::engine::Ctx;
 use crate::error::{Error, ErrorKind};
-use crate::model::{ErrorInfo, EventRecord};
+use crate::model::{ErrorInfo, EventRecord, QueueName};
 
 /// The event a function was triggered by, with typed `data`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -373,6 +373,22 @@ impl Registry {
 
     pub fn functions(&self) -> impl Iterator<Item = &Arc<Function>> {
         self.functions.iter()
+    }
+
+    /// Every queue the registry's handlers consume: per function its continue queue, then
+    /// one per declared step (the generated template creates exactly these).
+    pub fn queues(&self) -> Vec<QueueName> {
+        let mut out = Vec::new();
+        for f in &self.functions {
+            out.push(QueueName::Continue {
+                function_id: f.id.clone(),
+            });
+            out.extend(f.steps.keys().map(|step| QueueName::Step {
+                function_id: f.id.clone(),
+                step: step.clone(),
+            }));
+        }
+        out
     }
 
     /// The functions an event starts, in registration order.

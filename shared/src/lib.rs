@@ -13,12 +13,14 @@
 //! - [`api`]: the HTTP API of API.md as an axum `Router` (plain request in, response out).
 //! - [`aws`]: Lambda adapters over the AWS event types (SQS batches, EventBridge schedules).
 //! - [`local`]: the embedded runtime behind `baton dev`.
+//! - [`cost`]: a meter on the SDK clients: requests and DynamoDB capacity units, in dollars.
 //! - [`chaos`]: fault-injecting store and queue wrappers for property tests.
 //! - [`error`]: error types.
 
 pub mod api;
 pub mod aws;
 pub mod chaos;
+pub mod cost;
 pub mod engine;
 pub mod error;
 pub mod function;
