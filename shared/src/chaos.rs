@@ -426,6 +426,9 @@ pub struct ChaosStore<S: Store + ?Sized> {
 struct Watch {
     /// (run id, step id) -> the first outcome recorded.
     recorded: HashMap<(String, String), StepOutcome>,
+    /// `finish_step` calls under way: a backend that commits on another thread (SQLite) can
+    /// show the outcome to a concurrent reader before the call returns to this wrapper.
+    in_flight: HashMap<(String, String), Vec<StepOutcome>>,
     violations: Vec<String>,
 }
 
@@ -465,7 +468,12 @@ impl<S: Store + ?Sized> ChaosStore<S> {
         let mut found = Vec::new();
         for step in steps.iter().filter(|s| s.status.is_final()) {
             let key = (step.run_id.clone(), step.step_id.clone());
+            let committing = watch
+                .in_flight
+                .get(&key)
+                .is_some_and(|outcomes| outcomes.iter().any(|o| same_outcome(o, step)));
             match watch.recorded.get(&key) {
+                None if committing => {}
                 None => found.push(format!(
                     "step {}/{} is {:?} in the journal but finish_step never recorded it",
                     step.run_id, step.step_id, step.status
@@ -598,6 +606,15 @@ impl<S: Store + ?Sized> Store for ChaosStore<S> {
         leave(fault, r)
     }
 
+    async fn get_step(&self, run_id: &str, step_id: &str) -> StoreResult<Option<StepRecord>> {
+        let fault = self.enter("get_step").await?;
+        let r = self.inner.get_step(run_id, step_id).await;
+        if let Ok(Some(step)) = &r {
+            self.check_journal(std::slice::from_ref(step));
+        }
+        leave(fault, r)
+    }
+
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool> {
         let fault = self.enter("plan_step").await?;
         leave(fault, self.inner.plan_step(step).await)
@@ -639,9 +656,26 @@ impl<S: Store + ?Sized> Store for ChaosStore<S> {
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let fault = self.enter("finish_step").await?;
+        let key = (run_id.to_string(), step_id.to_string());
+        lock(&self.watch)
+            .in_flight
+            .entry(key.clone())
+            .or_default()
+            .push(outcome.clone());
         let r = self.inner.finish_step(run_id, step_id, outcome, at).await;
         if let Ok(true) = r {
             self.watch_finish(run_id, step_id, outcome);
+        }
+        {
+            let mut watch = lock(&self.watch);
+            if let Some(outcomes) = watch.in_flight.get_mut(&key) {
+                if let Some(i) = outcomes.iter().position(|o| o == outcome) {
+                    outcomes.remove(i);
+                }
+                if outcomes.is_empty() {
+                    watch.in_flight.remove(&key);
+                }
+            }
         }
         leave(fault, r)
     }

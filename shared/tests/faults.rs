@@ -1014,6 +1014,7 @@ fn the_harness_really_injects_faults() {
         "get_run",
         "transition_run",
         "journal",
+        "get_step",
         "plan_step",
         "begin_attempt",
         "retry_step",
@@ -1102,6 +1103,26 @@ struct Overwriting {
     overwritten: Mutex<HashMap<(String, String), StepOutcome>>,
 }
 
+impl Overwriting {
+    /// Shows the last outcome written, as a store without conditions would have kept it.
+    fn overwrite(&self, step: &mut StepRecord) {
+        let overwritten = self.overwritten.lock().unwrap();
+        match overwritten.get(&(step.run_id.clone(), step.step_id.clone())) {
+            Some(StepOutcome::Completed(v)) => {
+                step.status = StepStatus::Completed;
+                step.output = Some(v.clone());
+                step.error = None;
+            }
+            Some(StepOutcome::Failed(e)) => {
+                step.status = StepStatus::Failed;
+                step.output = None;
+                step.error = Some(e.clone());
+            }
+            None => {}
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for Overwriting {
     fn backend(&self) -> &'static str {
@@ -1162,23 +1183,17 @@ impl Store for Overwriting {
     }
     async fn journal(&self, run_id: &str) -> baton::store::StoreResult<Vec<StepRecord>> {
         let mut steps = self.inner.journal(run_id).await?;
-        let overwritten = self.overwritten.lock().unwrap();
-        for step in &mut steps {
-            match overwritten.get(&(step.run_id.clone(), step.step_id.clone())) {
-                Some(StepOutcome::Completed(v)) => {
-                    step.status = StepStatus::Completed;
-                    step.output = Some(v.clone());
-                    step.error = None;
-                }
-                Some(StepOutcome::Failed(e)) => {
-                    step.status = StepStatus::Failed;
-                    step.output = None;
-                    step.error = Some(e.clone());
-                }
-                None => {}
-            }
-        }
+        steps.iter_mut().for_each(|s| self.overwrite(s));
         Ok(steps)
+    }
+    async fn get_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+    ) -> baton::store::StoreResult<Option<StepRecord>> {
+        let mut step = self.inner.get_step(run_id, step_id).await?;
+        step.iter_mut().for_each(|s| self.overwrite(s));
+        Ok(step)
     }
     async fn plan_step(&self, step: &StepRecord) -> baton::store::StoreResult<bool> {
         self.inner.plan_step(step).await

@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsMessage;
+use baton::Store as _;
 use baton::api::Keys;
 use baton::cost::{CostMeter, IndexDef};
-use baton::model::QueueName;
+use baton::model::{QueueName, RunRecord};
 use baton::queue::sqs::{QueueNaming, SqsQueue, SqsTrigger};
 use baton::store::dynamodb::DynamoStore;
 use baton::{Engine, EngineConfig, Registry};
@@ -53,7 +54,13 @@ pub fn table_indexes() -> Vec<IndexDef> {
     ]
 }
 
-async fn sdk_config(meter: &CostMeter) -> (aws_sdk_dynamodb::Client, aws_sdk_sqs::Client) {
+async fn sdk_config(
+    meter: &CostMeter,
+) -> (
+    aws_sdk_dynamodb::Client,
+    aws_sdk_sqs::Client,
+    aws_sdk_dynamodb::Client,
+) {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint())
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
@@ -72,6 +79,7 @@ async fn sdk_config(meter: &CostMeter) -> (aws_sdk_dynamodb::Client, aws_sdk_sqs
     (
         aws_sdk_dynamodb::Client::from_conf(dynamodb),
         aws_sdk_sqs::Client::from_conf(sqs),
+        aws_sdk_dynamodb::Client::new(&config),
     )
 }
 
@@ -82,6 +90,9 @@ pub struct Deployment {
     pub queue: SqsQueue,
     pub meter: CostMeter,
     pub queues: Vec<QueueName>,
+    /// The same table through an unmetered client: what a test reads to check on runs
+    /// without adding to the cost being measured.
+    pub observer: DynamoStore,
     router: axum::Router,
 }
 
@@ -89,9 +100,11 @@ impl Deployment {
     /// A fresh table and fresh queues (a unique prefix) for `registry`.
     pub async fn start(registry: Registry, config: EngineConfig) -> Self {
         let meter = CostMeter::new(table_indexes());
-        let (dynamodb, sqs) = sdk_config(&meter).await;
+        let (dynamodb, sqs, unmetered) = sdk_config(&meter).await;
         let id = ulid::Ulid::new().to_string().to_lowercase();
-        let store = DynamoStore::new(dynamodb, format!("baton-e2e-{id}"));
+        let table = format!("baton-e2e-{id}");
+        let store = DynamoStore::new(dynamodb, table.clone());
+        let observer = DynamoStore::new(unmetered, table);
         let hint = format!(
             "is a moto server running at {}? `scripts/moto` starts one (scripts/test does)",
             endpoint()
@@ -124,6 +137,7 @@ impl Deployment {
             queue,
             meter,
             queues,
+            observer,
             router,
         }
     }
@@ -203,6 +217,32 @@ impl Deployment {
                 "event {event_id}: runs still not ended after {timeout:?}: {body}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits (reading the table without the meter) until every one of these events started
+    /// a run and all those runs ended; returns them.
+    pub async fn wait_quietly(&self, event_ids: &[String], timeout: Duration) -> Vec<RunRecord> {
+        let deadline = Instant::now() + timeout;
+        'poll: loop {
+            assert!(
+                Instant::now() < deadline,
+                "runs still not ended after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let mut out = Vec::new();
+            for id in event_ids {
+                let runs = self
+                    .observer
+                    .runs_for_event(id)
+                    .await
+                    .expect("runs_for_event");
+                if runs.is_empty() || runs.iter().any(|r| !r.status.is_terminal()) {
+                    continue 'poll;
+                }
+                out.extend(runs);
+            }
+            return out;
         }
     }
 

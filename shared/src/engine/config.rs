@@ -67,10 +67,23 @@ impl Backoff {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub limits: Limits,
     pub backoff: Backoff,
+    /// Final journal entries kept in memory across invocations (default 20,000, a few MB;
+    /// 0 turns the cache off): see the engine's journal cache.
+    pub journal_cache_entries: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            limits: Limits::default(),
+            backoff: Backoff::default(),
+            journal_cache_entries: 20_000,
+        }
+    }
 }
 
 /// Wall-clock time that follows tokio's clock, so tests with paused time see sleeps and

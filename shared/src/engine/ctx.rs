@@ -80,7 +80,13 @@ struct Inner {
     engine: Engine,
     run: RunRecord,
     function: Arc<Function>,
+    /// The journal given holds only some entries (the cache's final ones): a step not in it
+    /// may still be in the store, and is read when the replay reaches it.
+    partial: bool,
     target: Option<Target>,
+    /// The step the message is about (its target, or the sleep it woke): a replay that does
+    /// not reach it is not deterministic. (With a partial journal, this is what catches it.)
+    expected: Option<String>,
     now: DateTime<Utc>,
     wake: Arc<Notify>,
     state: Mutex<State>,
@@ -89,6 +95,8 @@ struct Inner {
 #[derive(Default)]
 struct State {
     journal: HashMap<String, StepRecord>,
+    /// The sequence number the replay gave each step id.
+    seqs: HashMap<String, u32>,
     name_counts: HashMap<String, u32>,
     visited: HashSet<String>,
     next_seq: u32,
@@ -141,9 +149,12 @@ impl Ctx {
         run: RunRecord,
         function: Arc<Function>,
         journal: Vec<StepRecord>,
+        partial: bool,
         target: Option<Target>,
+        woken: Option<String>,
         now: DateTime<Utc>,
     ) -> Ctx {
+        let expected = target.as_ref().map(|t| t.step_id.clone()).or(woken);
         let state = State {
             journal: journal
                 .into_iter()
@@ -157,7 +168,9 @@ impl Ctx {
                 engine,
                 run,
                 function,
+                partial,
                 target,
+                expected,
                 now,
                 wake: Arc::new(Notify::new()),
                 state: Mutex::new(state),
@@ -199,7 +212,7 @@ impl Ctx {
         F: FnOnce(StepCtx) -> Fut,
         Fut: Future<Output = Result<T, StepError>>,
     {
-        let (step_id, existing) = self.enter(name, StepKind::Run)?;
+        let (step_id, existing) = self.enter(name, StepKind::Run).await?;
         if let Some(done) = existing.as_ref().and_then(journaled::<T>) {
             return done;
         }
@@ -307,6 +320,7 @@ impl Ctx {
                 record.ended_at = Some(ended);
                 set_outcome(&mut record, outcome);
                 let result = journaled::<T>(&record).expect("a finished step is final");
+                self.remember(&record);
                 let mut state = self.state();
                 state.journal.insert(step_id, record);
                 state.target_recorded = true;
@@ -328,7 +342,7 @@ impl Ctx {
     }
 
     async fn sleep_step(&self, name: &str, until: DateTime<Utc>) -> Result<(), Error> {
-        let (step_id, existing) = self.enter(name, StepKind::Sleep)?;
+        let (step_id, existing) = self.enter(name, StepKind::Sleep).await?;
         if let Some(record) = existing {
             if record.status.is_final() {
                 return Ok(());
@@ -355,7 +369,7 @@ impl Ctx {
         name: &str,
         events: Vec<NewEvent>,
     ) -> Result<Vec<String>, Error> {
-        let (step_id, existing) = self.enter(name, StepKind::SendEvent)?;
+        let (step_id, existing) = self.enter(name, StepKind::SendEvent).await?;
         if let Some(done) = existing.as_ref().and_then(journaled::<Vec<String>>) {
             return done;
         }
@@ -393,6 +407,7 @@ impl Ctx {
                 let mut record = record;
                 set_outcome(&mut record, outcome);
                 let result = journaled::<Vec<String>>(&record).expect("final");
+                self.remember(&record);
                 self.state().journal.insert(step_id, record);
                 result
             }
@@ -411,8 +426,54 @@ impl Ctx {
 
     // ---- internals ----
 
-    /// Assigns the next step id for `name` and checks it against the journal.
-    fn enter(&self, name: &str, kind: StepKind) -> Result<(String, Option<StepRecord>), Error> {
+    /// Assigns the next step id for `name` and checks it against the journal (reading its
+    /// entry from the store when the journal given is partial).
+    async fn enter(
+        &self,
+        name: &str,
+        kind: StepKind,
+    ) -> Result<(String, Option<StepRecord>), Error> {
+        let (step_id, mut existing) = self.assign(name, kind)?;
+        if existing.is_none() && self.inner.partial {
+            // The journal came from the cache, which holds final entries only: read this one.
+            // Counted as active, so the pass does not end while the read is in flight.
+            let _active = self.activate();
+            match self
+                .inner
+                .engine
+                .store()
+                .get_step(self.run_id(), &step_id)
+                .await
+            {
+                Err(e) => {
+                    drop(_active);
+                    return self.interrupt(e.into()).await;
+                }
+                Ok(Some(record)) => {
+                    self.remember(&record);
+                    self.state().journal.insert(step_id.clone(), record.clone());
+                    existing = Some(record);
+                }
+                Ok(None) => {}
+            }
+        }
+        if let Some(record) = &existing {
+            if record.kind != kind || record.name != name {
+                return Err(self.fail_definition(
+                    "NonDeterministic",
+                    format!(
+                        "replay reached {kind:?} step {step_id:?} where the journal has a {:?} step named {:?}: \
+                         code outside steps must be deterministic",
+                        record.kind, record.name
+                    ),
+                ));
+            }
+        }
+        Ok((step_id, existing))
+    }
+
+    /// Assigns the next step id (and sequence number) for `name`; its journal entry if known.
+    fn assign(&self, name: &str, kind: StepKind) -> Result<(String, Option<StepRecord>), Error> {
         if kind == StepKind::Run && !self.inner.function.steps.contains_key(name) {
             let declared = self
                 .inner
@@ -449,20 +510,9 @@ impl Ctx {
             ));
         }
         state.visited.insert(step_id.clone());
+        let seq = state.next_seq - 1;
+        state.seqs.insert(step_id.clone(), seq);
         let existing = state.journal.get(&step_id).cloned();
-        drop(state);
-        if let Some(record) = &existing {
-            if record.kind != kind || record.name != name {
-                return Err(self.fail_definition(
-                    "NonDeterministic",
-                    format!(
-                        "replay reached {kind:?} step {step_id:?} where the journal has a {:?} step named {:?}: \
-                         code outside steps must be deterministic",
-                        record.kind, record.name
-                    ),
-                ));
-            }
-        }
         Ok((step_id, existing))
     }
 
@@ -473,7 +523,7 @@ impl Ctx {
         kind: StepKind,
         wake_at: Option<DateTime<Utc>>,
     ) -> StepRecord {
-        let seq = self.state().next_seq - 1;
+        let seq = self.state().seqs.get(step_id).copied().unwrap_or_default();
         StepRecord {
             run_id: self.run_id().to_string(),
             step_id: step_id.to_string(),
@@ -511,6 +561,14 @@ impl Ctx {
         std::future::pending().await
     }
 
+    /// Puts a final entry in the engine's journal cache.
+    fn remember(&self, record: &StepRecord) {
+        self.inner
+            .engine
+            .journal_cache()
+            .remember(self.run_id(), std::iter::once(record));
+    }
+
     fn activate(&self) -> ActiveGuard<'_> {
         self.state().active += 1;
         ActiveGuard(self)
@@ -536,14 +594,20 @@ impl Ctx {
         name: &str,
         active: ActiveGuard<'_>,
     ) -> Result<T, Error> {
-        let journal = match self.inner.engine.store().journal(self.run_id()).await {
-            Ok(j) => j,
+        let record = match self
+            .inner
+            .engine
+            .store()
+            .get_step(self.run_id(), step_id)
+            .await
+        {
+            Ok(record) => record,
             Err(e) => return self.interrupt(e.into()).await,
         };
-        let record = journal.into_iter().find(|s| s.step_id == step_id);
         match record {
             Some(record) if record.status.is_final() => {
                 let result = journaled::<T>(&record).expect("final");
+                self.remember(&record);
                 self.state().journal.insert(step_id.to_string(), record);
                 result
             }
@@ -595,8 +659,11 @@ impl Ctx {
         let unvisited = state
             .journal
             .keys()
+            .chain(self.inner.expected.iter())
             .filter(|id| !state.visited.contains(*id))
             .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
         PassResult {
             end,

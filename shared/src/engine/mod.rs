@@ -5,6 +5,7 @@
 //! replays the function ([`Ctx`]), then concludes: finish or fail the run, or plan the steps it
 //! is blocked on (a conditional write each; only the handler that wins a plan enqueues it).
 
+mod cache;
 mod config;
 mod ctx;
 
@@ -16,6 +17,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use ulid::Ulid;
 
+use cache::JournalCache;
 pub use config::{Backoff, Clock, EngineConfig, Limits};
 pub use ctx::{Ctx, StepCtx};
 use ctx::{PassEnd, PassResult, Pending, Target};
@@ -77,6 +79,7 @@ struct Inner {
     queue: Arc<dyn Queue>,
     config: EngineConfig,
     clock: Clock,
+    journal_cache: JournalCache,
 }
 
 impl Engine {
@@ -91,6 +94,7 @@ impl Engine {
                 registry,
                 store,
                 queue,
+                journal_cache: JournalCache::new(config.journal_cache_entries),
                 config,
                 clock: Clock::new(),
             }),
@@ -102,6 +106,9 @@ impl Engine {
     }
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+    pub(crate) fn journal_cache(&self) -> &JournalCache {
+        &self.inner.journal_cache
     }
     pub fn queue(&self) -> &Arc<dyn Queue> {
         &self.inner.queue
@@ -320,7 +327,21 @@ impl Engine {
             store.transition_run(&run.run_id, &t).await?;
             run.status = RunStatus::Running;
         }
-        let mut journal = store.journal(&run.run_id).await?;
+        // The cached final entries when this process has them (entries it lacks are read one
+        // by one as the replay reaches them), else the whole journal.
+        // A re-drive (sweeper, recovery) reads it all: it is rare and must see everything.
+        let cached = match message.kind {
+            MessageKind::Redrive => None,
+            _ => self.journal_cache().get(&run.run_id),
+        };
+        let (mut journal, mut partial) = match cached {
+            Some(cached) => (cached, true),
+            None => {
+                let journal = store.journal(&run.run_id).await?;
+                self.journal_cache().remember(&run.run_id, &journal);
+                (journal, false)
+            }
+        };
         let target = match &message.kind {
             MessageKind::Step {
                 step_id, attempt, ..
@@ -329,9 +350,12 @@ impl Engine {
                 attempt: *attempt,
             }),
             MessageKind::Wake { step_id } => {
-                let sleep = journal
-                    .iter()
-                    .find(|s| &s.step_id == step_id && s.kind == StepKind::Sleep);
+                let sleep = match journal.iter().find(|s| &s.step_id == step_id) {
+                    Some(s) => Some(s.clone()),
+                    None if partial => store.get_step(&run.run_id, step_id).await?,
+                    None => None,
+                };
+                let sleep = sleep.filter(|s| s.kind == StepKind::Sleep);
                 if let Some(sleep) = sleep.filter(|s| !s.status.is_final()) {
                     if let Some(due) = sleep.wake_at.filter(|due| *due > now) {
                         return self
@@ -352,11 +376,17 @@ impl Engine {
                             now,
                         )
                         .await?;
-                    journal = store.journal(&run.run_id).await?;
+                    // The replay reads the sleep again, as recorded now.
+                    journal.retain(|s| &s.step_id != step_id);
+                    partial = true;
                 }
                 None
             }
             MessageKind::Start | MessageKind::Redrive => None,
+        };
+        let woken = match &message.kind {
+            MessageKind::Wake { step_id } => Some(step_id.clone()),
+            _ => None,
         };
         let handler = function
             .handler
@@ -367,7 +397,9 @@ impl Engine {
             run.clone(),
             function.clone(),
             journal,
+            partial,
             target,
+            woken,
             now,
         );
         let pass = ctx.share().run_pass(handler(ctx, run.event.clone())).await;
@@ -381,11 +413,14 @@ impl Engine {
             .await?;
         if recheck {
             let journal = store.journal(&run.run_id).await?;
+            self.journal_cache().remember(&run.run_id, &journal);
             let ctx = Ctx::new(
                 self.clone(),
                 run.clone(),
                 function,
                 journal,
+                false,
+                None,
                 None,
                 self.now(),
             );
@@ -441,6 +476,7 @@ impl Engine {
                     error: None,
                 };
                 store.transition_run(&run.run_id, &t).await?;
+                self.journal_cache().forget(&run.run_id);
                 Ok(())
             }
             PassEnd::Finished(Err(error)) => self.fail_run(run, error.info()).await,
@@ -504,6 +540,7 @@ impl Engine {
     /// then records the failure. Emitting first means a crash in between re-emits (an
     /// idempotent no-op) rather than losing the event.
     async fn fail_run(&self, run: &RunRecord, error: ErrorInfo) -> Result<(), EngineError> {
+        self.journal_cache().forget(&run.run_id);
         let data = json!({
             "function_id": run.function_id,
             "run_id": run.run_id,

@@ -929,6 +929,25 @@ pub async fn journal_order(store: &dyn Store) {
         "journal ordered by seq"
     );
     assert_eq!(journal[0], steps[1], "journal entries are whole records");
+    for s in &steps {
+        assert_eq!(
+            store
+                .get_step(&run_id, &s.step_id)
+                .await
+                .expect("get_step")
+                .as_ref(),
+            Some(s),
+            "get_step reads one whole entry"
+        );
+    }
+    assert_eq!(
+        store.get_step(&run_id, "missing").await.expect("get_step"),
+        None
+    );
+    assert_eq!(
+        store.get_step(&new_id(), "a").await.expect("get_step"),
+        None
+    );
     assert!(
         store.journal(&new_id()).await.expect("journal").is_empty(),
         "an unknown run has no journal"

@@ -1517,6 +1517,14 @@ impl Store for DynamoStore {
         Ok(steps)
     }
 
+    async fn get_step(&self, run_id: &str, step_id: &str) -> StoreResult<Option<StepRecord>> {
+        let Some(item) = self.get_item(&run_pk(run_id), &step_sk(step_id)).await? else {
+            return Ok(None);
+        };
+        let item: StepItem = from_item(&format!("step {run_id}/{step_id}"), item)?;
+        self.step_record(item).await.map(Some)
+    }
+
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool> {
         let pk = run_pk(&step.run_id);
         let mut blobs = Blobs::new(&pk, None);

@@ -204,6 +204,15 @@ impl Store for MemoryStore {
         Ok(steps)
     }
 
+    async fn get_step(&self, run_id: &str, step_id: &str) -> StoreResult<Option<StepRecord>> {
+        let state = self.state();
+        Ok(state
+            .steps
+            .get(run_id)
+            .and_then(|s| s.get(step_id))
+            .cloned())
+    }
+
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool> {
         let mut state = self.state();
         let steps = state.steps.entry(step.run_id.clone()).or_default();

@@ -69,6 +69,10 @@ pub trait Store: Send + Sync + 'static {
     /// recorded an output must see every output recorded before it.
     async fn journal(&self, run_id: &str) -> StoreResult<Vec<StepRecord>>;
 
+    /// One journal entry, read strongly consistent (a replay whose cached journal lacks it
+    /// asks for just this step).
+    async fn get_step(&self, run_id: &str, step_id: &str) -> StoreResult<Option<StepRecord>>;
+
     /// Adds a step to the journal unless it is already there ("schedule only if not already
     /// scheduled"). True when written: the caller then enqueues it.
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool>;

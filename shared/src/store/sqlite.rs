@@ -627,6 +627,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get_step(&self, run_id: &str, step_id: &str) -> StoreResult<Option<StepRecord>> {
+        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?1 AND step_id = ?2"
+                ))
+                .map_err(backend)?;
+            let mut rows = stmt
+                .query_map([&run_id, &step_id], StepRow::read)
+                .map_err(backend)?;
+            rows.next()
+                .map(|row| row.map_err(backend)?.decode())
+                .transpose()
+        })
+        .await
+    }
+
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool> {
         let row = StepRow {
             run_id: step.run_id.clone(),

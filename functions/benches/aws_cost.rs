@@ -1,0 +1,140 @@
+//! What a step costs on AWS: runs of 10, 100 and 1,000 steps on DynamoDB + SQS (moto server),
+//! delivered as Lambda delivers them (`tests/support/aws.rs`), every request metered
+//! ([`baton::cost::CostMeter`]): requests and DynamoDB capacity units per step, turned into
+//! dollars per million steps at us-east-1 list prices.
+//!
+//! ```text
+//! BATON_MOTO_ENDPOINT=$(scripts/moto) cargo bench -p baton-functions --bench aws_cost
+//! ```
+//!
+//! `BATON_COST_SCENARIOS="10x20,100x4,1000x1"` (steps x runs) picks the scenarios.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use baton::cost::Prices;
+use baton::{Ctx, EngineConfig, Error, Event, Function, Registry, RunStatus, StepConfig};
+use serde::Deserialize;
+use serde_json::json;
+use support::aws::{ConsumeOptions, Deployment};
+
+#[derive(Deserialize)]
+struct Chain {
+    steps: u32,
+}
+
+/// A run of `steps` steps, each fed the previous one's output (a small JSON object, as real
+/// steps hand on ids and URLs rather than data).
+fn chain() -> Function {
+    Function::new("chain")
+        .trigger("bench/chain")
+        .step("link", StepConfig::default().memory_mb(128))
+        .handler(|ctx: Ctx, event: Event<Chain>| async move {
+            let mut last = json!({"i": 0, "note": "a typical small step output"});
+            for i in 0..event.data.steps {
+                let prev = last.clone();
+                last = ctx
+                    .step("link", move |_| async move {
+                        Ok(json!({"i": i + 1, "from": prev["i"], "note": "a typical small step output"}))
+                    })
+                    .await?;
+            }
+            Ok::<_, Error>(last)
+        })
+}
+
+struct Row {
+    steps_per_run: u32,
+    runs: u32,
+    seconds: f64,
+    invocations: f64,
+    sqs: f64,
+    dynamo: f64,
+    wcu: f64,
+    rcu: f64,
+    handler_ms: f64,
+    dollars: f64,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let scenarios: Vec<(u32, u32)> = std::env::var("BATON_COST_SCENARIOS")
+        .unwrap_or_else(|_| "10x20,100x4,1000x1".into())
+        .split(',')
+        .map(|s| {
+            let (steps, runs) = s.split_once('x').expect("STEPSxRUNS");
+            (steps.trim().parse().unwrap(), runs.trim().parse().unwrap())
+        })
+        .collect();
+    let prices = Prices::default();
+    let mut rows = Vec::new();
+    for (steps_per_run, runs) in scenarios {
+        let registry = Registry::new().register(chain()).unwrap();
+        let deployment = Deployment::start(registry, EngineConfig::default()).await;
+        let before = deployment.meter.usage();
+        let consumers = deployment.consume(ConsumeOptions::default()).await;
+        let started = Instant::now();
+        let events: Vec<_> = (0..runs)
+            .map(|_| json!({"name": "bench/chain", "data": {"steps": steps_per_run}}))
+            .collect();
+        let ids = deployment.send(&json!(events)).await;
+        for run in deployment
+            .wait_quietly(&ids, Duration::from_secs(1800))
+            .await
+        {
+            assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let stats = consumers.stop().await;
+        let usage = deployment.meter.usage().since(&before);
+        let steps = f64::from(steps_per_run * runs);
+        let invocations = stats.get(&stats.invocations) as f64;
+        let durations = stats.durations_us.lock().unwrap().clone();
+        let handler_ms =
+            durations.iter().sum::<u64>() as f64 / durations.len().max(1) as f64 / 1000.0;
+        // Lambda: requests, plus duration at 128 MB for the measured handler time.
+        let lambda = invocations * prices.lambda_per_million_requests / 1e6
+            + invocations * (handler_ms / 1000.0) * 0.125 * prices.lambda_per_gb_second;
+        let per_step = |x: f64| x / steps;
+        println!(
+            "\n{steps_per_run} steps x {runs} runs: {seconds:.1} s\n{usage}\n  Lambda invocations {invocations}"
+        );
+        rows.push(Row {
+            steps_per_run,
+            runs,
+            seconds,
+            invocations: per_step(invocations),
+            sqs: per_step(usage.sqs_requests_busy() as f64),
+            dynamo: per_step(usage.requests_of("dynamodb") as f64),
+            wcu: per_step(usage.write_units),
+            rcu: per_step(usage.read_units),
+            handler_ms,
+            dollars: (usage.dollars(&prices) + lambda) / steps * 1e6,
+        });
+    }
+    println!(
+        "\nper step (the driver watches runs through an unmetered client; SQS without idle polls; Lambda at \
+         128 MB for the handler time measured here, against moto)\n"
+    );
+    println!(
+        "| steps/run | runs | wall s | Lambda inv. | SQS req. | DynamoDB req. | WCU | RCU | handler ms | $ per million steps |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |",
+            r.steps_per_run,
+            r.runs,
+            r.seconds,
+            r.invocations,
+            r.sqs,
+            r.dynamo,
+            r.wcu,
+            r.rcu,
+            r.handler_ms,
+            r.dollars
+        );
+    }
+}
