@@ -11,7 +11,8 @@ use baton::local::{LocalOptions, LocalRuntime};
 use baton::model::{MessageKind, RunRecord, StepKind};
 use baton::store::memory::MemoryStore;
 use baton::{
-    Ctx, Error, Event, Function, NewEvent, Registry, RunStatus, StepConfig, StepError, StepStatus,
+    Ctx, EngineConfig, Error, Event, Function, Limits, NewEvent, Registry, RunStatus, StepConfig,
+    StepError, StepStatus,
 };
 use serde_json::{Value, json};
 
@@ -331,6 +332,64 @@ async fn sleeps_of_a_year_complete_and_longer_ones_are_refused() {
     let run = finish(&rt, &ev, "sleepy").await;
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.error.unwrap().name, "SleepTooLong");
+}
+
+/// A run lives at most `max_run_age` (400 days): two sleeps of 300 days are each allowed, but
+/// the second would end past the run's maximum age, so it is refused.
+#[tokio::test(start_paused = true)]
+async fn a_sleep_past_the_runs_maximum_age_is_refused() {
+    let f = Function::new("ageing").trigger("t/age").handler(
+        |ctx: Ctx, _ev: Event<Value>| async move {
+            let days = Duration::from_secs(300 * 24 * 3600);
+            ctx.sleep("first", days).await?;
+            ctx.sleep("second", days).await?;
+            Ok("too old to get here")
+        },
+    );
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/age", json!({})).await;
+    tokio::time::sleep(Duration::from_secs(300 * 24 * 3600 + 60)).await;
+    let run = finish(&rt, &ev, "ageing").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap();
+    assert_eq!(error.name, "SleepTooLong");
+    assert!(error.message.contains("maximum age"), "{}", error.message);
+}
+
+/// A run still going past `max_run_age` (here: waiting on a retry) fails with `RunTooOld`.
+#[tokio::test(start_paused = true)]
+async fn a_run_past_its_maximum_age_fails() {
+    let f = Function::new("slow-retry")
+        .trigger("t/slow")
+        .step("flaky", StepConfig::default())
+        .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+            ctx.step("flaky", |_| async {
+                Err::<(), _>(StepError::retry_after(Duration::from_secs(60), "busy"))
+            })
+            .await
+        });
+    let options = LocalOptions {
+        sweep_interval: Duration::from_secs(1000 * 86400),
+        engine: EngineConfig {
+            limits: Limits {
+                max_run_age: Duration::from_secs(30),
+                ..Limits::default()
+            },
+            ..EngineConfig::default()
+        },
+        ..LocalOptions::default()
+    };
+    let rt = LocalRuntime::start(
+        Registry::new().register(f).unwrap(),
+        Arc::new(MemoryStore::new()),
+        options,
+    )
+    .await
+    .unwrap();
+    let ev = send(&rt, "t/slow", json!({})).await;
+    let run = finish(&rt, &ev, "slow-retry").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.error.unwrap().name, "RunTooOld");
 }
 
 #[tokio::test(start_paused = true)]

@@ -21,6 +21,10 @@ pub struct Limits {
     pub max_steps_per_run: u32,
     /// Longest sleep (default 366 days).
     pub max_sleep: Duration,
+    /// How long a run may live from its start (default 400 days): a sleep past it is refused,
+    /// a run found older fails with `RunTooOld`. The DynamoDB store lets a run's journal
+    /// expire this long (plus retention) after it is written.
+    pub max_run_age: Duration,
     /// How long an event's `id` deduplicates sends (default 24 h).
     pub idempotency_window: Duration,
 }
@@ -35,6 +39,7 @@ impl Default for Limits {
             max_output_bytes: 256 * 1024,
             max_steps_per_run: 1000,
             max_sleep: Duration::from_secs(366 * 24 * 3600),
+            max_run_age: Duration::from_secs(400 * 24 * 3600),
             idempotency_window: Duration::from_secs(24 * 3600),
         }
     }

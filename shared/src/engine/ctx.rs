@@ -358,6 +358,17 @@ impl Ctx {
                 format!("sleep {name:?} until {until} is longer than the limit of {max:?}"),
             ));
         }
+        let max_age = self.inner.engine.limits().max_run_age;
+        let end_of_life = self.inner.run.started_at
+            + chrono::Duration::from_std(max_age).unwrap_or(chrono::TimeDelta::MAX);
+        if until > end_of_life {
+            return Err(self.fail_definition(
+                "SleepTooLong",
+                format!(
+                    "sleep {name:?} until {until} ends after the run's maximum age of {max_age:?} (at {end_of_life})"
+                ),
+            ));
+        }
         let record = self.new_record(&step_id, name, StepKind::Sleep, Some(until));
         self.block(record).await
     }

@@ -309,6 +309,19 @@ impl Engine {
         if run.status.is_terminal() {
             return Ok(());
         }
+        let max_age = self.limits().max_run_age;
+        if now - run.started_at
+            > chrono::Duration::from_std(max_age).unwrap_or(chrono::TimeDelta::MAX)
+        {
+            let error = ErrorInfo::new(
+                "RunTooOld",
+                format!(
+                    "the run started at {} and may live at most {max_age:?}",
+                    run.started_at
+                ),
+            );
+            return self.fail_run(&run, error).await;
+        }
         let Some(function) = self.registry().get(&run.function_id).cloned() else {
             let error = ErrorInfo::new(
                 "UnknownFunction",

@@ -68,10 +68,11 @@
 //!
 //! The table's TTL attribute is `expires_at_epoch` (seconds). Events get now + retention when
 //! stored; idempotency claims expire at their `expires_at`; a run gets `ended_at` + retention
-//! when it reaches a terminal status (none while it is live). When a run ends, the store also
-//! stamps the same TTL on every other item in its partition (steps, chunks, orphans), best
-//! effort: the transition itself has already applied and stays applied if stamping fails.
-//! Retention defaults to [`DEFAULT_RETENTION`] (30 days). DynamoDB deletes expired items
+//! when it reaches a terminal status (none while it is live). Every other item of a run's
+//! partition (steps, payload chunks) gets, when written, now + the engine's maximum run age
+//! ([`crate::Limits::max_run_age`], 400 days) + retention: the run has ended by then, and
+//! nothing is written again when it ends (stamping each step would cost one write unit per
+//! step). Retention defaults to [`DEFAULT_RETENTION`] (30 days). DynamoDB deletes expired items
 //! lazily (within days); the store never relies on that for correctness: idempotency claims
 //! compare `expires_at` in the condition.
 //!
@@ -124,7 +125,7 @@ const EVENT_SK: &str = "EVENT";
 const IDEM_SK: &str = "IDEM";
 const RUN_SK: &str = "RUN";
 const STEP_PREFIX: &str = "STEP#";
-/// Parallel requests for fan-out work (chunks, listed runs, TTL stamping).
+/// Parallel requests for fan-out work (chunks, listed runs).
 const FAN_OUT: usize = 8;
 /// `BatchGetItem` takes at most 100 keys.
 const BATCH_GET_MAX: usize = 100;
@@ -135,6 +136,7 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     retention: chrono::Duration,
+    max_run_age: chrono::Duration,
     inline_limit: usize,
     max_payload: usize,
 }
@@ -147,6 +149,8 @@ impl DynamoStore {
             client,
             table: table.into(),
             retention: chrono::Duration::from_std(DEFAULT_RETENTION).expect("30 days fits"),
+            max_run_age: chrono::Duration::from_std(crate::engine::Limits::default().max_run_age)
+                .expect("a year fits"),
             inline_limit: DEFAULT_INLINE_LIMIT,
             max_payload: DEFAULT_MAX_PAYLOAD,
         }
@@ -156,6 +160,13 @@ impl DynamoStore {
     /// delete them.
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        self
+    }
+
+    /// The engine's [`crate::Limits::max_run_age`], if changed there: a run's steps and
+    /// chunks expire `max_run_age` + retention after they are written.
+    pub fn with_max_run_age(mut self, max_run_age: Duration) -> Self {
+        self.max_run_age = chrono::Duration::from_std(max_run_age).unwrap_or(chrono::Duration::MAX);
         self
     }
 
@@ -714,35 +725,16 @@ impl DynamoStore {
             .then(|| self.ttl_after(ended_at.unwrap_or_else(Utc::now)))
     }
 
-    /// Puts `ttl` on every item of a run's partition but the run item (steps, chunks), so an
-    /// ended run's journal expires with it. Best effort, logged: the run has already ended.
-    async fn stamp_partition_ttl(&self, run_id: &str, ttl: i64) {
-        let pk = run_pk(run_id);
-        let items = match self.query_partition(&pk, "", Some(&["PK", "SK"])).await {
-            Ok(items) => items,
-            Err(e) => {
-                tracing::warn!(run_id, error = %e, "could not list a run's items to set their TTL");
-                return;
-            }
-        };
-        stream::iter(items)
-            .filter_map(|item| async move {
-                match item.get("SK") {
-                    Some(AttributeValue::S(sk)) if sk != RUN_SK => Some(sk.clone()),
-                    _ => None,
-                }
-            })
-            .for_each_concurrent(FAN_OUT, |sk| {
-                let pk = &pk;
-                async move {
-                    let mut update = Update::default();
-                    update.set(TTL_ATTRIBUTE, AttributeValue::N(ttl.to_string()));
-                    if let Err(e) = self.update_if(pk, &sk, update).await {
-                        tracing::warn!(run_id, sk, error = %e, "could not set the TTL of a run's item");
-                    }
-                }
-            })
-            .await;
+    /// The TTL of a live run's other items (steps, payload chunks), set when they are
+    /// written: the run ends within `max_run_age` of its start (the engine enforces it), so
+    /// they outlive it by at least the retention, without touching them again when it ends.
+    fn live_ttl(&self) -> i64 {
+        epoch_ceil(
+            Utc::now()
+                .checked_add_signed(self.max_run_age)
+                .and_then(|t| t.checked_add_signed(self.retention))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )
     }
 }
 
@@ -1320,7 +1312,7 @@ impl Store for DynamoStore {
     async fn create_run(&self, run: &RunRecord) -> StoreResult<bool> {
         let pk = run_pk(&run.run_id);
         let ttl = self.run_ttl(run.status, run.ended_at);
-        let mut blobs = Blobs::new(&pk, ttl);
+        let mut blobs = Blobs::new(&pk, ttl.or(Some(self.live_ttl())));
         let what = |field: &str| format!("run {} {field}", run.run_id);
         let item = to_item(&RunItem {
             event: self.payload(&what("event"), &run.event, &mut blobs)?,
@@ -1361,7 +1353,7 @@ impl Store for DynamoStore {
         }
         let pk = run_pk(run_id);
         let ttl = self.run_ttl(t.to, t.ended_at);
-        let mut blobs = Blobs::new(&pk, ttl);
+        let mut blobs = Blobs::new(&pk, ttl.or(Some(self.live_ttl())));
         let what = |field: &str| format!("run {run_id} {field}");
         let output = self.opt_payload(&what("output"), t.output.as_ref(), &mut blobs)?;
         let error = self.opt_payload(&what("error"), t.error.as_ref(), &mut blobs)?;
@@ -1379,18 +1371,13 @@ impl Store for DynamoStore {
         let from = t.from.iter().map(av).collect::<StoreResult<Vec<_>>>()?;
         update.condition = Some(update.expr.one_of("status", "from", from));
 
-        let applied = self
-            .with_blobs(&blobs, || self.update_if(&pk, RUN_SK, update))
-            .await?;
-        if applied && let Some(ttl) = ttl {
-            self.stamp_partition_ttl(run_id, ttl).await;
-        }
-        Ok(applied)
+        self.with_blobs(&blobs, || self.update_if(&pk, RUN_SK, update))
+            .await
     }
 
     async fn set_progress(&self, run_id: &str, progress: &Progress) -> StoreResult<bool> {
         let pk = run_pk(run_id);
-        let mut blobs = Blobs::new(&pk, None);
+        let mut blobs = Blobs::new(&pk, Some(self.live_ttl()));
         let payload = self.payload(&format!("run {run_id} progress"), progress, &mut blobs)?;
         let mut update = Update::default();
         update.set("progress", av(&payload)?);
@@ -1527,7 +1514,7 @@ impl Store for DynamoStore {
 
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool> {
         let pk = run_pk(&step.run_id);
-        let mut blobs = Blobs::new(&pk, None);
+        let mut blobs = Blobs::new(&pk, Some(self.live_ttl()));
         let what = |field: &str| format!("step {}/{} {field}", step.run_id, step.step_id);
         let item = to_item(&StepItem {
             output: self.opt_payload(&what("output"), step.output.as_ref(), &mut blobs)?,
@@ -1545,7 +1532,7 @@ impl Store for DynamoStore {
             started_at: step.started_at,
             ended_at: step.ended_at,
             wake_at: step.wake_at,
-            expires_at_epoch: None,
+            expires_at_epoch: Some(self.live_ttl()),
         })?;
         self.with_blobs(&blobs, || self.put_if_absent(item)).await
     }
@@ -1582,7 +1569,7 @@ impl Store for DynamoStore {
         next_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let pk = run_pk(run_id);
-        let mut blobs = Blobs::new(&pk, None);
+        let mut blobs = Blobs::new(&pk, Some(self.live_ttl()));
         let error = self.payload(&format!("step {run_id}/{step_id} error"), error, &mut blobs)?;
         let mut update = Update::default();
         update.set("status", av(&StepStatus::Planned)?);
@@ -1605,7 +1592,7 @@ impl Store for DynamoStore {
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let pk = run_pk(run_id);
-        let mut blobs = Blobs::new(&pk, None);
+        let mut blobs = Blobs::new(&pk, Some(self.live_ttl()));
         let what = |field: &str| format!("step {run_id}/{step_id} {field}");
         let mut update = Update::default();
         // The journaled result is exactly the outcome: an earlier attempt's error does not
