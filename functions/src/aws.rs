@@ -97,12 +97,23 @@ pub async fn run_queue_consumer() -> anyhow::Result<()> {
     let engine = engine_from_env().await?;
     let engine = &engine;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let deadline = deadline_of(&event.context);
         Ok::<SqsBatchResponse, lambda_runtime::Error>(
-            baton::aws::handle_queue_batch(engine, event.payload).await,
+            baton::aws::handle_queue_batch(engine, event.payload, Some(deadline)).await,
         )
     }))
     .await
     .map_err(lambda_error)
+}
+
+/// The invocation's deadline (milliseconds since the epoch in the context) as an instant.
+fn deadline_of(context: &lambda_runtime::Context) -> tokio::time::Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    tokio::time::Instant::now()
+        + std::time::Duration::from_millis(context.deadline.saturating_sub(now_ms))
 }
 
 /// The dead-letter queues: every message fails its run with the reason.

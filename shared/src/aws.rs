@@ -30,7 +30,15 @@ fn message_id(record: &SqsMessage) -> String {
 /// Handles one batch from a step or continue queue, the messages concurrently. A message that
 /// is not a Baton message can never succeed: it is logged and dropped rather than retried
 /// into the DLQ, where it would not name a run either.
-pub async fn handle_queue_batch(engine: &Engine, event: SqsEvent) -> SqsBatchResponse {
+///
+/// `deadline` is the invocation's (Lambda's `Context::deadline`): until then a run may go on
+/// with its next step in this invocation when that step is on the same queue
+/// ([`Engine::handle_within`]); `None` handles each message alone.
+pub async fn handle_queue_batch(
+    engine: &Engine,
+    event: SqsEvent,
+    deadline: Option<tokio::time::Instant>,
+) -> SqsBatchResponse {
     let results = join_all(event.records.iter().map(|record| async move {
         let message = match decode(record.body.as_deref()) {
             Ok(message) => message,
@@ -39,7 +47,7 @@ pub async fn handle_queue_batch(engine: &Engine, event: SqsEvent) -> SqsBatchRes
                 return Ok(());
             }
         };
-        engine.handle(message).await
+        engine.handle_within(message, deadline).await
     }))
     .await;
     let mut response = SqsBatchResponse::default();

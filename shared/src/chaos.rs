@@ -991,7 +991,12 @@ impl Driver {
                 let message = queued.message;
                 let timeout = self.config.handler_timeout;
                 in_flight.push(Box::pin(async move {
-                    let handled = tokio::time::timeout(timeout, engine.handle(message.clone()));
+                    // Handlers get a deadline, as on Lambda: runs go on inline where they can.
+                    let deadline = tokio::time::Instant::now() + timeout;
+                    let handled = tokio::time::timeout(
+                        timeout,
+                        engine.handle_within(message.clone(), Some(deadline)),
+                    );
                     match handled.await {
                         Ok(result) => (message, Outcome::Done(result)),
                         Err(_) => (message, Outcome::Hung),

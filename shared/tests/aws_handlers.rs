@@ -114,7 +114,7 @@ async fn the_fixture_is_a_real_sqs_event_and_foreign_bodies_are_dropped() {
             .starts_with("arn:aws:sqs:")
     );
     // Its body is sam's sample text, not a Baton message: dropped, not retried forever.
-    let response = handle_queue_batch(&engine, event).await;
+    let response = handle_queue_batch(&engine, event, None).await;
     assert!(response.batch_item_failures.is_empty());
     assert!(queue.take().is_empty());
 }
@@ -128,7 +128,7 @@ async fn a_run_moves_through_step_queues_one_batch_at_a_time() {
     for _ in 0..3 {
         let messages = queue.take();
         assert_eq!(messages.len(), 1, "one message hands the run on");
-        let response = handle_queue_batch(&engine, batch_of(&messages)).await;
+        let response = handle_queue_batch(&engine, batch_of(&messages), None).await;
         assert!(response.batch_item_failures.is_empty());
     }
     let run = engine.store().get_run(&run_id).await.unwrap().unwrap();
@@ -150,7 +150,7 @@ async fn a_batch_reports_exactly_the_message_whose_run_failed_to_move_on() {
     *queue.refuse_run.lock().unwrap() = Some(bad_run.clone());
     let batch = batch_of(&starts);
     let bad_index = starts.iter().position(|m| m.run_id == bad_run).unwrap();
-    let response = handle_queue_batch(&engine, batch).await;
+    let response = handle_queue_batch(&engine, batch, None).await;
     let failed: Vec<_> = response
         .batch_item_failures
         .iter()
@@ -162,7 +162,7 @@ async fn a_batch_reports_exactly_the_message_whose_run_failed_to_move_on() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].run_id, run_id_for(&ok_event, "two-steps"));
     *queue.refuse_run.lock().unwrap() = None;
-    let retry = handle_queue_batch(&engine, batch_of(&[starts[bad_index].clone()])).await;
+    let retry = handle_queue_batch(&engine, batch_of(&[starts[bad_index].clone()]), None).await;
     assert!(retry.batch_item_failures.is_empty());
     assert!(
         matches!(&queue.take()[..], [m] if m.run_id == bad_run && matches!(m.kind, MessageKind::Step { .. }))
@@ -215,4 +215,71 @@ async fn the_scheduled_sweeper_redrives_idle_runs() {
         1
     );
     assert!(matches!(&queue.take()[..], [m] if m.kind == MessageKind::Redrive));
+}
+
+/// A chain of one step (three times, `link` then `link:1`, `link:2`): on Lambda, with the
+/// invocation's deadline, the step handler runs the next link itself instead of a round
+/// trip through the queue; without a deadline every link is its own message. When the
+/// deadline leaves no room for another step's timeout, the link goes through the queue.
+#[tokio::test]
+async fn steps_on_the_same_queue_run_inline_while_the_deadline_allows() {
+    let chain = |timeout: Duration| {
+        Function::new("chain")
+            .trigger("t/chain")
+            .step("link", StepConfig::default().timeout(timeout))
+            .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+                let mut n = 0i64;
+                for _ in 0..3 {
+                    n = ctx.step("link", move |_| async move { Ok(n + 1) }).await?;
+                }
+                Ok(n)
+            })
+    };
+    let deliveries = |timeout: Duration, deadline: Option<Duration>| async move {
+        let queue = Arc::new(TestQueue::default());
+        let engine = Engine::new(
+            Registry::new().register(chain(timeout)).unwrap(),
+            Arc::new(MemoryStore::new()),
+            queue.clone(),
+            EngineConfig::default(),
+        );
+        let event_id = engine
+            .send_events(vec![NewEvent::new("t/chain", json!({}))])
+            .await
+            .unwrap()
+            .remove(0);
+        let mut invocations = 0;
+        loop {
+            let messages = queue.take();
+            if messages.is_empty() {
+                break;
+            }
+            invocations += 1;
+            let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
+            let response = handle_queue_batch(&engine, batch_of(&messages), deadline).await;
+            assert!(response.batch_item_failures.is_empty());
+        }
+        let run_id = run_id_for(&event_id, "chain");
+        let run = engine.store().get_run(&run_id).await.unwrap().unwrap();
+        assert_eq!(
+            (run.status, run.output),
+            (RunStatus::Completed, Some(json!(3)))
+        );
+        let journal = engine.store().journal(&run_id).await.unwrap();
+        assert!(journal.iter().all(|s| s.attempts == 1), "{journal:?}");
+        invocations
+    };
+    let step_timeout = Duration::from_secs(10);
+    // Start (continue queue), then one step invocation that runs all three links.
+    assert_eq!(
+        deliveries(step_timeout, Some(Duration::from_secs(40))).await,
+        2
+    );
+    // No deadline: start + one invocation per link.
+    assert_eq!(deliveries(step_timeout, None).await, 4);
+    // A deadline too close for another link's timeout (+ margin): one invocation per link.
+    assert_eq!(
+        deliveries(step_timeout, Some(Duration::from_secs(12))).await,
+        4
+    );
 }

@@ -273,10 +273,35 @@ fn registry(probe: &Probe) -> Registry {
             }
         });
 
-    [pipeline, fanout, flaky, fallback, strict, parent, child]
-        .into_iter()
-        .try_fold(Registry::new(), Registry::register)
-        .expect("valid functions")
+    // One step three times in a row: on one queue, so a handler with a deadline runs the
+    // next link itself (inline) instead of sending its message.
+    let p = probe.clone();
+    let chain = Function::new("chain")
+        .trigger("t/chain")
+        .step("link", StepConfig::default())
+        .handler(move |ctx: Ctx, ev: Event<Input>| {
+            let p = p.clone();
+            async move {
+                let mut value = ev.data.n;
+                for i in 1..=3u64 {
+                    let p = p.clone();
+                    value = ctx
+                        .step("link", move |s| async move {
+                            p.body(&s).await;
+                            Ok(value + i)
+                        })
+                        .await?;
+                }
+                Ok(value)
+            }
+        });
+
+    [
+        pipeline, fanout, flaky, fallback, strict, parent, child, chain,
+    ]
+    .into_iter()
+    .try_fold(Registry::new(), Registry::register)
+    .expect("valid functions")
 }
 
 /// The trigger events of one seed: (function, event name, n). Odd seeds send two of each.
@@ -289,6 +314,7 @@ fn inputs(seed: u64) -> Vec<(&'static str, &'static str, u64)> {
         ("fallback", "t/fallback"),
         ("strict", "t/strict"),
         ("parent", "t/parent"),
+        ("chain", "t/chain"),
     ];
     let copies = 1 + seed % 2;
     (0..copies)
@@ -603,6 +629,23 @@ async fn check_runs(
                     || steps.iter().any(|s| s.1 != StepStatus::Completed)
                 {
                     problems.push(format!("pipeline journal: {steps:?}"));
+                }
+            }
+            "chain" => {
+                expect(
+                    &by_id,
+                    problems,
+                    &run_id,
+                    "chain",
+                    RunStatus::Completed,
+                    &|r| eq(&r.output, json!(n + 6)),
+                );
+                let steps = steps_of(&run_id);
+                let ids: Vec<&str> = steps.iter().map(|s| s.0.as_str()).collect();
+                if ids != ["link", "link:1", "link:2"]
+                    || steps.iter().any(|s| s.1 != StepStatus::Completed)
+                {
+                    problems.push(format!("chain journal: {steps:?}"));
                 }
             }
             "fanout" => {

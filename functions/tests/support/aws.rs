@@ -276,7 +276,10 @@ impl Deployment {
                     let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
                     event.records = records.clone();
                     let started = Instant::now();
-                    let response = baton::aws::handle_queue_batch(&engine, event).await;
+                    // As on Lambda: the invocation's deadline is the step's timeout + 30 s.
+                    let deadline = tokio::time::Instant::now() + options.lambda_timeout;
+                    let response =
+                        baton::aws::handle_queue_batch(&engine, event, Some(deadline)).await;
                     stats.record_invocation(records.len(), started.elapsed());
                     let failed: Vec<&str> = response
                         .batch_item_failures
@@ -338,6 +341,8 @@ pub struct ConsumeOptions {
     pub duplicate: f64,
     pub visibility_timeout: i32,
     pub seed: u64,
+    /// Each invocation's deadline from its start, as the template's Lambda timeout.
+    pub lambda_timeout: Duration,
 }
 
 impl Default for ConsumeOptions {
@@ -347,6 +352,7 @@ impl Default for ConsumeOptions {
             duplicate: 0.0,
             visibility_timeout: 30,
             seed: 1,
+            lambda_timeout: Duration::from_secs(300 + 30),
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::error::{EngineError, StepError};
 use crate::function::{FUNCTION_CANCELLED, FUNCTION_FAILED, Function, Registry};
 use crate::model::{
     ErrorInfo, EventRecord, Message, MessageKind, RunDetail, RunQuery, RunRecord, RunStatus,
-    RunTransition, StepKind, StepOutcome, StepStatus,
+    RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
 };
 use crate::queue::{Envelope, Queue};
 use crate::store::Store;
@@ -80,6 +80,18 @@ struct Inner {
     config: EngineConfig,
     clock: Clock,
     journal_cache: JournalCache,
+}
+
+/// A step runs inline only when its timeout plus this still fits before the deadline.
+const INLINE_MARGIN: Duration = Duration::from_secs(5);
+/// How long past a step's timeout its handler may still be alive (the Lambda's extra time).
+pub const EXECUTOR_GRACE: Duration = Duration::from_secs(30);
+
+/// Running the next step in the same invocation: allowed for steps of this queue, while their
+/// timeout fits before the deadline.
+struct Inline {
+    queue: crate::model::QueueName,
+    deadline: tokio::time::Instant,
 }
 
 impl Engine {
@@ -297,17 +309,44 @@ impl Engine {
 
     /// One handler invocation: act on one message. An error means "deliver it again".
     pub async fn handle(&self, message: Message) -> Result<(), EngineError> {
+        self.handle_within(message, None).await
+    }
+
+    /// [`Engine::handle`] for an invocation that may run until `deadline` (a Lambda's): when
+    /// the run's next step is on the same queue (the same step, so the same handler and
+    /// timeout) and its timeout still fits before the deadline, this invocation runs it too,
+    /// instead of a round trip through the queue. Its message is never sent: if this
+    /// invocation dies, the message it is handling comes back, and its replay re-sends what
+    /// was planned but not started (or started by a handler that must be dead).
+    pub async fn handle_within(
+        &self,
+        message: Message,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), EngineError> {
+        let mut message = message;
+        while let Some(next) = self.handle_one(message, deadline).await? {
+            message = next;
+        }
+        Ok(())
+    }
+
+    /// Handles one message; returns the next step's message when it is to run inline.
+    async fn handle_one(
+        &self,
+        message: Message,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<Message>, EngineError> {
         let now = self.now();
         if let Some(due) = message.not_before.filter(|due| *due > now) {
-            return self.send_at(message, due).await;
+            return self.send_at(message, due).await.map(|()| None);
         }
         let store = self.store();
         let Some(mut run) = store.get_run(&message.run_id).await? else {
             tracing::warn!(run_id = %message.run_id, "message for an unknown run dropped");
-            return Ok(());
+            return Ok(None);
         };
         if run.status.is_terminal() {
-            return Ok(());
+            return Ok(None);
         }
         let max_age = self.limits().max_run_age;
         if now - run.started_at
@@ -320,14 +359,14 @@ impl Engine {
                     run.started_at
                 ),
             );
-            return self.fail_run(&run, error).await;
+            return self.fail_run(&run, error).await.map(|()| None);
         }
         let Some(function) = self.registry().get(&run.function_id).cloned() else {
             let error = ErrorInfo::new(
                 "UnknownFunction",
                 format!("function {:?} is not registered", run.function_id),
             );
-            return self.fail_run(&run, error).await;
+            return self.fail_run(&run, error).await.map(|()| None);
         };
         if run.status == RunStatus::Queued {
             let t = RunTransition {
@@ -379,7 +418,8 @@ impl Engine {
                                 },
                                 due,
                             )
-                            .await;
+                            .await
+                            .map(|()| None);
                     }
                     store
                         .finish_step(
@@ -422,7 +462,17 @@ impl Engine {
         let recheck = pass.target_recorded
             && matches!(pass.end, PassEnd::Blocked)
             && pass.pending.iter().any(|p| !p.is_new);
-        self.conclude(&run, pass, message.kind == MessageKind::Redrive)
+        let inline = deadline.map(|deadline| Inline {
+            queue: message.queue(),
+            deadline,
+        });
+        let next = self
+            .conclude(
+                &run,
+                pass,
+                message.kind == MessageKind::Redrive,
+                inline.as_ref(),
+            )
             .await?;
         if recheck {
             let journal = store.journal(&run.run_id).await?;
@@ -438,9 +488,9 @@ impl Engine {
                 self.now(),
             );
             let pass = ctx.share().run_pass(handler(ctx, run.event.clone())).await;
-            self.conclude(&run, pass, false).await?;
+            return self.conclude(&run, pass, false, inline.as_ref()).await;
         }
-        Ok(())
+        Ok(next)
     }
 
     async fn conclude(
@@ -448,7 +498,8 @@ impl Engine {
         run: &RunRecord,
         pass: PassResult,
         redrive: bool,
-    ) -> Result<(), EngineError> {
+        inline: Option<&Inline>,
+    ) -> Result<Option<Message>, EngineError> {
         let store = self.store();
         let progressed = pass.target_recorded || !pass.outbox.is_empty();
         // Retries were journaled during the pass; their messages go out whatever happens next.
@@ -461,11 +512,12 @@ impl Engine {
         if let Some(error) = pass.interrupted {
             return Err(error);
         }
+        let function = self.registry().get(&run.function_id).cloned();
         if let Some(progress) = pass.progress.filter(|p| Some(p) != run.progress.as_ref()) {
             store.set_progress(&run.run_id, &progress).await?;
         }
         if let Some(fatal) = pass.fatal {
-            return self.fail_run(run, fatal.info()).await;
+            return self.fail_run(run, fatal.info()).await.map(|()| None);
         }
         if !pass.unvisited.is_empty() {
             let message = format!(
@@ -474,12 +526,16 @@ impl Engine {
             );
             return self
                 .fail_run(run, ErrorInfo::new("NonDeterministic", message))
-                .await;
+                .await
+                .map(|()| None);
         }
         match pass.end {
             PassEnd::Finished(Ok(output)) => {
                 if let Err(e) = self.check_output_size(&output) {
-                    return self.fail_run(run, e.named("OutputTooLarge").info()).await;
+                    return self
+                        .fail_run(run, e.named("OutputTooLarge").info())
+                        .await
+                        .map(|()| None);
                 }
                 let t = RunTransition {
                     from: vec![RunStatus::Running],
@@ -490,12 +546,14 @@ impl Engine {
                 };
                 store.transition_run(&run.run_id, &t).await?;
                 self.journal_cache().forget(&run.run_id);
-                Ok(())
+                Ok(None)
             }
-            PassEnd::Finished(Err(error)) => self.fail_run(run, error.info()).await,
+            PassEnd::Finished(Err(error)) => self.fail_run(run, error.info()).await.map(|()| None),
             PassEnd::Blocked => {
                 let mut batch = Vec::new();
                 let mut unstarted = Vec::new();
+                let now = self.now();
+                let only_one = pass.pending.len() == 1;
                 for Pending { record, is_new } in pass.pending {
                     if is_new {
                         if store.plan_step(&record).await? {
@@ -504,6 +562,7 @@ impl Engine {
                     } else if redrive
                         || (record.attempts == 0
                             && matches!(record.status, StepStatus::Planned | StepStatus::Sleeping))
+                        || self.executor_is_gone(function.as_deref(), &record, now)
                     {
                         unstarted.push(self.continuation(run, &record));
                     }
@@ -514,9 +573,56 @@ impl Engine {
                 if redrive || (batch.is_empty() && !progressed) {
                     batch.extend(unstarted);
                 }
-                self.send(batch).await
+                // The one step planned next runs in this invocation when it can.
+                let next = match (inline, function.as_deref()) {
+                    (Some(inline), Some(function)) if only_one && batch.len() == 1 => {
+                        let e = &batch[0];
+                        let fits = |name: &str| {
+                            let timeout = function.steps.get(name).map(|c| c.timeout);
+                            timeout.is_some_and(|t| {
+                                tokio::time::Instant::now() + t + INLINE_MARGIN <= inline.deadline
+                            })
+                        };
+                        match &e.message.kind {
+                            MessageKind::Step { name, .. }
+                                if e.delay.is_zero()
+                                    && e.message.queue() == inline.queue
+                                    && fits(name) =>
+                            {
+                                batch.pop().map(|e| e.message)
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                self.send(batch).await?;
+                Ok(next)
             }
         }
+    }
+
+    /// A started step whose handler must have died: its attempt began longer ago than the
+    /// step's timeout plus [`EXECUTOR_GRACE`] (no handler runs a step longer than that).
+    fn executor_is_gone(
+        &self,
+        function: Option<&Function>,
+        step: &StepRecord,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let (Some(function), Some(started)) = (function, step.started_at) else {
+            return false;
+        };
+        if step.status != StepStatus::Running {
+            return false;
+        }
+        let timeout = function
+            .steps
+            .get(&step.name)
+            .map_or(Duration::ZERO, |c| c.timeout);
+        let limit =
+            chrono::Duration::from_std(timeout + EXECUTOR_GRACE).unwrap_or(chrono::TimeDelta::MAX);
+        now - started > limit
     }
 
     /// The message that moves a pending step on.
