@@ -30,6 +30,7 @@ async fn the_order_example_runs_on_dynamodb_and_sqs_and_duplicates_change_nothin
             duplicate: 0.25,
             visibility_timeout: 1,
             seed: 7,
+            ..ConsumeOptions::default()
         })
         .await;
 

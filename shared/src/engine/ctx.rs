@@ -41,6 +41,8 @@ pub struct StepCtx {
 pub(crate) struct Target {
     pub step_id: String,
     pub attempt: u32,
+    /// Planned already started by this invocation (inline): no attempt start to write.
+    pub claimed: bool,
 }
 
 /// A step the run is blocked on, found while replaying.
@@ -218,19 +220,23 @@ impl Ctx {
         }
         let record =
             existing.unwrap_or_else(|| self.new_record(&step_id, name, StepKind::Run, None));
-        let attempt = match &self.inner.target {
-            Some(t) if t.step_id == step_id => t.attempt,
+        let (attempt, claimed) = match &self.inner.target {
+            Some(t) if t.step_id == step_id => (t.attempt, t.claimed),
             _ => return self.block(record).await,
         };
         let _active = self.activate();
         let engine = &self.inner.engine;
         let run_id = self.run_id();
         let started = engine.now();
-        match engine
-            .store()
-            .begin_attempt(run_id, &step_id, attempt, started)
-            .await
-        {
+        let begun = if claimed {
+            Ok(true)
+        } else {
+            engine
+                .store()
+                .begin_attempt(run_id, &step_id, attempt, started)
+                .await
+        };
+        match begun {
             Err(e) => return self.interrupt(e.into()).await,
             // Final already, or a stale attempt number: defer to the journal.
             Ok(false) => return self.reread::<T>(&step_id, name, _active).await,

@@ -94,6 +94,11 @@ struct Inline {
     deadline: tokio::time::Instant,
 }
 
+/// A step planned already claimed, to run in this invocation: its message (never sent).
+struct Inlined {
+    message: Message,
+}
+
 impl Engine {
     pub fn new(
         registry: Registry,
@@ -324,18 +329,22 @@ impl Engine {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(), EngineError> {
         let mut message = message;
-        while let Some(next) = self.handle_one(message, deadline).await? {
-            message = next;
+        let mut claimed = false;
+        while let Some(next) = self.handle_one(message, deadline, claimed).await? {
+            message = next.message;
+            claimed = true;
         }
         Ok(())
     }
 
-    /// Handles one message; returns the next step's message when it is to run inline.
+    /// Handles one message; returns the next step when it is to run inline. `claimed`: the
+    /// message's step was planned already started by this invocation (no attempt start).
     async fn handle_one(
         &self,
         message: Message,
         deadline: Option<tokio::time::Instant>,
-    ) -> Result<Option<Message>, EngineError> {
+        claimed: bool,
+    ) -> Result<Option<Inlined>, EngineError> {
         let now = self.now();
         if let Some(due) = message.not_before.filter(|due| *due > now) {
             return self.send_at(message, due).await.map(|()| None);
@@ -400,6 +409,7 @@ impl Engine {
             } => Some(Target {
                 step_id: step_id.clone(),
                 attempt: *attempt,
+                claimed,
             }),
             MessageKind::Wake { step_id } => {
                 let sleep = match journal.iter().find(|s| &s.step_id == step_id) {
@@ -499,7 +509,7 @@ impl Engine {
         pass: PassResult,
         redrive: bool,
         inline: Option<&Inline>,
-    ) -> Result<Option<Message>, EngineError> {
+    ) -> Result<Option<Inlined>, EngineError> {
         let store = self.store();
         let progressed = pass.target_recorded || !pass.outbox.is_empty();
         // Retries were journaled during the pass; their messages go out whatever happens next.
@@ -550,12 +560,49 @@ impl Engine {
             }
             PassEnd::Finished(Err(error)) => self.fail_run(run, error.info()).await.map(|()| None),
             PassEnd::Blocked => {
+                let now = self.now();
+                // The one step the run waits on runs in this invocation when it is new, on
+                // the same queue, due now and its timeout fits: it is planned already claimed
+                // (Running, attempt 1: one write instead of a plan and an attempt start) and
+                // its message is not sent.
+                let inline_step = match (inline, function.as_deref(), pass.pending.as_slice()) {
+                    (
+                        Some(inline),
+                        Some(function),
+                        [
+                            Pending {
+                                record,
+                                is_new: true,
+                            },
+                        ],
+                    ) if record.kind == StepKind::Run => {
+                        let queue = crate::model::QueueName::Step {
+                            function_id: run.function_id.clone(),
+                            step: record.name.clone(),
+                        };
+                        let fits = function.steps.get(&record.name).is_some_and(|c| {
+                            tokio::time::Instant::now() + c.timeout + INLINE_MARGIN
+                                <= inline.deadline
+                        });
+                        let due = record.wake_at.is_none_or(|at| at <= now);
+                        queue == inline.queue && fits && due
+                    }
+                    _ => false,
+                };
                 let mut batch = Vec::new();
                 let mut unstarted = Vec::new();
-                let now = self.now();
-                let only_one = pass.pending.len() == 1;
-                for Pending { record, is_new } in pass.pending {
-                    if is_new {
+                for Pending { mut record, is_new } in pass.pending {
+                    if is_new && inline_step {
+                        record.status = StepStatus::Running;
+                        record.attempts = 1;
+                        record.started_at = Some(now);
+                        if store.plan_step(&record).await? {
+                            self.send(batch).await?;
+                            return Ok(Some(Inlined {
+                                message: self.continuation(run, &record).message,
+                            }));
+                        }
+                    } else if is_new {
                         if store.plan_step(&record).await? {
                             batch.push(self.continuation(run, &record));
                         }
@@ -573,31 +620,8 @@ impl Engine {
                 if redrive || (batch.is_empty() && !progressed) {
                     batch.extend(unstarted);
                 }
-                // The one step planned next runs in this invocation when it can.
-                let next = match (inline, function.as_deref()) {
-                    (Some(inline), Some(function)) if only_one && batch.len() == 1 => {
-                        let e = &batch[0];
-                        let fits = |name: &str| {
-                            let timeout = function.steps.get(name).map(|c| c.timeout);
-                            timeout.is_some_and(|t| {
-                                tokio::time::Instant::now() + t + INLINE_MARGIN <= inline.deadline
-                            })
-                        };
-                        match &e.message.kind {
-                            MessageKind::Step { name, .. }
-                                if e.delay.is_zero()
-                                    && e.message.queue() == inline.queue
-                                    && fits(name) =>
-                            {
-                                batch.pop().map(|e| e.message)
-                            }
-                            _ => None,
-                        }
-                    }
-                    _ => None,
-                };
                 self.send(batch).await?;
-                Ok(next)
+                Ok(None)
             }
         }
     }
