@@ -7,7 +7,9 @@
 //! BATON_MOTO_ENDPOINT=$(scripts/moto) cargo bench -p baton-functions --bench aws_cost
 //! ```
 //!
-//! `BATON_COST_SCENARIOS="10x20,100x4,1000x1"` (steps x runs) picks the scenarios.
+//! `BATON_COST_SCENARIOS="10x20,100x4,1000x1,100x4/alt,1000x1/alt"` (steps x runs; `/alt`:
+//! the steps alternate between two step functions, so none runs inline after another) picks
+//! the scenarios.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -23,6 +25,8 @@ use support::aws::{ConsumeOptions, Deployment};
 #[derive(Deserialize)]
 struct Chain {
     steps: u32,
+    /// Alternate between two steps (two queues): no step can run inline after another.
+    alternate: bool,
 }
 
 /// A run of `steps` steps, each fed the previous one's output (a small JSON object, as real
@@ -31,12 +35,18 @@ fn chain() -> Function {
     Function::new("chain")
         .trigger("bench/chain")
         .step("link", StepConfig::default().memory_mb(128))
+        .step("hop", StepConfig::default().memory_mb(128))
         .handler(|ctx: Ctx, event: Event<Chain>| async move {
             let mut last = json!({"i": 0, "note": "a typical small step output"});
             for i in 0..event.data.steps {
                 let prev = last.clone();
+                let name = if event.data.alternate && i % 2 == 1 {
+                    "hop"
+                } else {
+                    "link"
+                };
                 last = ctx
-                    .step("link", move |_| async move {
+                    .step(name, move |_| async move {
                         Ok(json!({"i": i + 1, "from": prev["i"], "note": "a typical small step output"}))
                     })
                     .await?;
@@ -47,6 +57,7 @@ fn chain() -> Function {
 
 struct Row {
     steps_per_run: u32,
+    alternate: bool,
     runs: u32,
     seconds: f64,
     invocations: f64,
@@ -60,24 +71,32 @@ struct Row {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let scenarios: Vec<(u32, u32)> = std::env::var("BATON_COST_SCENARIOS")
-        .unwrap_or_else(|_| "10x20,100x4,1000x1".into())
+    let scenarios: Vec<(u32, u32, bool)> = std::env::var("BATON_COST_SCENARIOS")
+        .unwrap_or_else(|_| "10x20,100x4,1000x1,10x20/alt,100x4/alt,1000x1/alt".into())
         .split(',')
         .map(|s| {
-            let (steps, runs) = s.split_once('x').expect("STEPSxRUNS");
-            (steps.trim().parse().unwrap(), runs.trim().parse().unwrap())
+            let (s, alternate) = match s.trim().strip_suffix("/alt") {
+                Some(s) => (s, true),
+                None => (s.trim(), false),
+            };
+            let (steps, runs) = s.split_once('x').expect("STEPSxRUNS[/alt]");
+            (
+                steps.trim().parse().unwrap(),
+                runs.trim().parse().unwrap(),
+                alternate,
+            )
         })
         .collect();
     let prices = Prices::default();
     let mut rows = Vec::new();
-    for (steps_per_run, runs) in scenarios {
+    for (steps_per_run, runs, alternate) in scenarios {
         let registry = Registry::new().register(chain()).unwrap();
         let deployment = Deployment::start(registry, EngineConfig::default()).await;
         let before = deployment.meter.usage();
         let consumers = deployment.consume(ConsumeOptions::default()).await;
         let started = Instant::now();
         let events: Vec<_> = (0..runs)
-            .map(|_| json!({"name": "bench/chain", "data": {"steps": steps_per_run}}))
+            .map(|_| json!({"name": "bench/chain", "data": {"steps": steps_per_run, "alternate": alternate}}))
             .collect();
         let ids = deployment.send(&json!(events)).await;
         for run in deployment
@@ -99,10 +118,16 @@ async fn main() {
             + invocations * (handler_ms / 1000.0) * 0.125 * prices.lambda_per_gb_second;
         let per_step = |x: f64| x / steps;
         println!(
-            "\n{steps_per_run} steps x {runs} runs: {seconds:.1} s\n{usage}\n  Lambda invocations {invocations}"
+            "\n{steps_per_run} steps x {runs} runs{}: {seconds:.1} s\n{usage}\n  Lambda invocations {invocations}",
+            if alternate {
+                " (alternating steps)"
+            } else {
+                ""
+            }
         );
         rows.push(Row {
             steps_per_run,
+            alternate,
             runs,
             seconds,
             invocations: per_step(invocations),
@@ -119,13 +144,18 @@ async fn main() {
          128 MB for the handler time measured here, against moto)\n"
     );
     println!(
-        "| steps/run | runs | wall s | Lambda inv. | SQS req. | DynamoDB req. | WCU | RCU | handler ms | $ per million steps |"
+        "| steps/run | steps | runs | wall s | Lambda inv. | SQS req. | DynamoDB req. | WCU | RCU | handler ms | $ per million steps |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |",
+            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |",
             r.steps_per_run,
+            if r.alternate {
+                "alternating"
+            } else {
+                "one step"
+            },
             r.runs,
             r.seconds,
             r.invocations,
