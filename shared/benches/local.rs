@@ -231,6 +231,9 @@ impl Store for TimedStore {
     async fn journal(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {
         timed!(self, "journal", self.inner.journal(run_id))
     }
+    async fn get_step(&self, run_id: &str, step_id: &str) -> StoreResult<Option<StepRecord>> {
+        timed!(self, "get_step", self.inner.get_step(run_id, step_id))
+    }
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool> {
         timed!(self, "plan_step", self.inner.plan_step(step))
     }
