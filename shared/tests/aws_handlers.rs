@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use baton::StepStatus;
 use baton::aws::{handle_dead_letters, handle_queue_batch, handle_schedule};
 use baton::engine::run_id_for;
 use baton::error::QueueError;
@@ -281,5 +282,93 @@ async fn steps_on_the_same_queue_run_inline_while_the_deadline_allows() {
     assert_eq!(
         deliveries(step_timeout, Some(Duration::from_secs(12))).await,
         4
+    );
+}
+
+/// An invocation killed while it ran a step inline (the Lambda timed out or crashed): the
+/// message it was handling comes back; once the step's timeout + 30 s have passed, its handler
+/// must be gone, so the replay sends the step's message, and the run completes.
+#[tokio::test(start_paused = true)]
+async fn a_step_claimed_inline_by_a_killed_invocation_is_sent_again() {
+    let slow_first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let slow = slow_first.clone();
+    let chain = Function::new("chain")
+        .trigger("t/chain")
+        .step(
+            "link",
+            StepConfig::default().timeout(Duration::from_secs(10)),
+        )
+        .handler(move |ctx: Ctx, _ev: Event<Value>| {
+            let slow = slow.clone();
+            async move {
+                let mut n = 0i64;
+                for i in 0..3 {
+                    let slow = slow.clone();
+                    n = ctx
+                        .step("link", move |_| async move {
+                            // The second link hangs the first time it runs.
+                            if i == 1 && slow.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_secs(8)).await;
+                            }
+                            Ok(n + 1)
+                        })
+                        .await?;
+                }
+                Ok(n)
+            }
+        });
+    let queue = Arc::new(TestQueue::default());
+    let engine = Engine::new(
+        Registry::new().register(chain).unwrap(),
+        Arc::new(MemoryStore::new()),
+        queue.clone(),
+        EngineConfig::default(),
+    );
+    let event_id = engine
+        .send_events(vec![NewEvent::new("t/chain", json!({}))])
+        .await
+        .unwrap()
+        .remove(0);
+    let run_id = run_id_for(&event_id, "chain");
+    let lambda = |messages: Vec<Message>| {
+        let engine = engine.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+            // The invocation is killed after 5 s, while `link:1` (claimed inline) runs.
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                handle_queue_batch(&engine, batch_of(&messages), Some(deadline)),
+            )
+            .await
+            .is_ok()
+        }
+    };
+    let start = queue.take();
+    assert!(lambda(start).await);
+    let link = queue.take();
+    assert_eq!(link.len(), 1);
+    assert!(!lambda(link.clone()).await, "killed mid-step");
+    let journal = engine.store().journal(&run_id).await.unwrap();
+    assert_eq!(journal[1].step_id, "link:1");
+    assert_eq!(journal[1].status, StepStatus::Running, "{journal:?}");
+
+    // SQS delivers the message again after its visibility timeout; too early to tell a dead
+    // handler from a slow one, nothing is sent.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(lambda(link.clone()).await);
+    assert!(queue.take().is_empty());
+    // Past the step's timeout + 30 s: its handler is gone; the step's message goes out.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(lambda(link).await);
+    let resent = queue.take();
+    assert!(
+        matches!(&resent[..], [m] if matches!(&m.kind, MessageKind::Step { step_id, attempt: 1, .. } if step_id == "link:1")),
+        "{resent:?}"
+    );
+    assert!(lambda(resent).await);
+    let run = engine.store().get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.status, run.output),
+        (RunStatus::Completed, Some(json!(3)))
     );
 }
