@@ -117,7 +117,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the local runtime")?;
-    let keys = Keys::from_env();
+    let keys = Keys::from_env(runtime.engine().registry());
     let app = api::router(runtime.engine().clone(), keys);
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)

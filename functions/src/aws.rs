@@ -154,7 +154,8 @@ pub async fn run_sweeper() -> anyhow::Result<()> {
 pub async fn run_http() -> anyhow::Result<()> {
     init_tracing();
     let engine = engine_from_env().await?;
-    let router = baton::api::router(engine, Keys::from_env());
+    let keys = Keys::from_env(engine.registry());
+    let router = baton::api::router(engine, keys);
     lambda_http::run(router).await.map_err(lambda_error)
 }
 

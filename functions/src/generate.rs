@@ -82,7 +82,7 @@ const fn route(binary: &'static str, method: &'static str, path: &'static str) -
     }
 }
 
-/// Every route [`baton::api::router`] serves (webhooks are not implemented yet).
+/// Every route [`baton::api::router`] serves.
 pub const ROUTES: &[Route] = &[
     route("route-events", "POST", "/e/{event_key}"),
     route("route-functions", "GET", "/v1/functions"),
@@ -95,6 +95,7 @@ pub const ROUTES: &[Route] = &[
     route("route-replays", "POST", "/v1/replays"),
     route("route-health", "GET", "/health"),
     route("route-dashboard", "GET", "/"),
+    route("route-webhooks", "POST", "/v1/webhooks/{source}"),
 ];
 
 /// What a handler binary runs.
@@ -274,6 +275,11 @@ pub fn splice_manifest(manifest: &str, section: &str) -> anyhow::Result<String> 
 // ---- the template ----
 
 /// `some-name_x` → `SomeNameX`: CloudFormation logical ids are alphanumeric.
+/// The template parameter holding a webhook source's secret.
+fn webhook_parameter(source: &str) -> String {
+    format!("Webhook{}Secret", pascal(source))
+}
+
 fn pascal(name: &str) -> String {
     name.split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -414,6 +420,17 @@ fn template(registry: &Registry, binaries: &[Binary]) -> anyhow::Result<String> 
     w("    NoEcho: true");
     w("    MinLength: 16");
     w("    Description: Bearer key for /v1 and the dashboard (BATON_SIGNING_KEY)");
+    for source in registry.webhooks() {
+        w(&format!("  {}:", webhook_parameter(&source.source)));
+        w("    Type: String");
+        w("    NoEcho: true");
+        w("    MinLength: 16");
+        w(&format!(
+            "    Description: HMAC-SHA256 secret of webhook source {} ({})",
+            source.source,
+            source.secret_env()
+        ));
+    }
     w("  StaleAfterSeconds:");
     w("    Type: Number");
     w("    Default: 900");
@@ -650,6 +667,7 @@ fn template(registry: &Registry, binaries: &[Binary]) -> anyhow::Result<String> 
              \x20       Variables:\n\
              \x20         BATON_EVENT_KEY: !Ref EventKey\n\
              \x20         BATON_SIGNING_KEY: !Ref SigningKey\n\
+             {webhook_env}\
              {policies}\
              \x20     Events:\n\
              \x20       Api:\n\
@@ -659,6 +677,21 @@ fn template(registry: &Registry, binaries: &[Binary]) -> anyhow::Result<String> 
              \x20           Method: {method}\n\
              \x20           Path: {path}\n",
             metadata = metadata(r.binary),
+            // Only the webhook route sees the webhook secrets.
+            webhook_env = if r.binary == "route-webhooks" {
+                registry
+                    .webhooks()
+                    .map(|s| {
+                        format!(
+                            "          {}: !Ref {}\n",
+                            s.secret_env(),
+                            webhook_parameter(&s.source)
+                        )
+                    })
+                    .collect::<String>()
+            } else {
+                String::new()
+            },
             description = q(&format!("Baton: {} {}", r.method, r.path)),
             timeout = secs(HTTP_TIMEOUT),
             method = r.method,

@@ -9,6 +9,7 @@
 //! request bodies and query strings are parsed by hand here, so every rejection has the
 //! contract's shape and a message that says what was wrong.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -49,6 +50,9 @@ pub struct Keys {
     pub event_keys: Vec<String>,
     /// `Authorization: Bearer <signing key>` on `/v1` and the dashboard.
     pub signing_key: Option<String>,
+    /// Webhook secrets by source (`BATON_WEBHOOK_SECRET_{SOURCE}`); a source without one
+    /// refuses every callback.
+    pub webhook_secrets: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -72,12 +76,29 @@ impl Keys {
         Keys::default()
     }
 
-    /// `BATON_EVENT_KEY` (a comma-separated list is allowed) and `BATON_SIGNING_KEY`.
-    pub fn from_env() -> Self {
-        Keys::parse(
+    /// `BATON_EVENT_KEY` (a comma-separated list is allowed), `BATON_SIGNING_KEY`, and the
+    /// secret of each of `registry`'s webhook sources.
+    pub fn from_env(registry: &crate::Registry) -> Self {
+        let mut keys = Keys::parse(
             std::env::var("BATON_EVENT_KEY").ok().as_deref(),
             std::env::var("BATON_SIGNING_KEY").ok().as_deref(),
-        )
+        );
+        for source in registry.webhooks() {
+            if let Ok(secret) = std::env::var(source.secret_env()) {
+                if !secret.trim().is_empty() {
+                    keys.webhook_secrets
+                        .insert(source.source.clone(), secret.trim().to_owned());
+                }
+            }
+        }
+        keys
+    }
+
+    /// With the secret of one webhook source.
+    pub fn with_webhook_secret(mut self, source: &str, secret: &str) -> Self {
+        self.webhook_secrets
+            .insert(source.to_owned(), secret.to_owned());
+        self
     }
 
     /// What [`Keys::from_env`] does with the two variables' values: event keys are split on
@@ -97,6 +118,7 @@ impl Keys {
         Keys {
             event_keys,
             signing_key,
+            webhook_secrets: BTreeMap::new(),
         }
     }
 }
@@ -106,6 +128,8 @@ impl Keys {
 struct KeyDigests {
     event_keys: Vec<[u8; 32]>,
     signing_key: Option<[u8; 32]>,
+    /// HMAC keys: kept as they are (a digest would be another key).
+    webhook_secrets: BTreeMap<String, String>,
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -119,6 +143,7 @@ impl KeyDigests {
         KeyDigests {
             event_keys: keys.event_keys.iter().map(|k| digest(k)).collect(),
             signing_key: keys.signing_key.as_deref().map(digest),
+            webhook_secrets: keys.webhook_secrets.clone(),
         }
     }
 
@@ -158,7 +183,8 @@ struct AppState {
     keys: Arc<KeyDigests>,
 }
 
-/// Every route of API.md but webhooks, over `engine`, checking `keys`.
+/// Every route of API.md over `engine`, checking `keys` (webhooks check their own signatures,
+/// not the signing key).
 pub fn router(engine: Engine, keys: Keys) -> Router {
     let state = AppState {
         engine,
@@ -180,6 +206,7 @@ pub fn router(engine: Engine, keys: Keys) -> Router {
         ));
     Router::new()
         .route("/e/{event_key}", post(send_events))
+        .route("/v1/webhooks/{source}", post(webhook))
         .route("/health", get(health))
         .method_not_allowed_fallback(method_not_allowed)
         .merge(authed)
@@ -595,6 +622,67 @@ async fn send_events(
         events.push(event);
     }
     let ids = engine.send_events(events).await?;
+    Ok((
+        StatusCode::OK,
+        axum::Json(json!({"ids": ids, "status": 200})),
+    )
+        .into_response())
+}
+
+/// `POST /v1/webhooks/{source}`: a signed callback becomes the event `{source}/{event}` with
+/// the body as data. 404 for an unknown source, 503 when its secret is not configured, 401
+/// for a bad signature or a stale timestamp (nothing is stored), 400 for a body that is not
+/// JSON, 413 past the event size limit. Answers like `POST /e`.
+async fn webhook(
+    State(state): State<AppState>,
+    source: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, EventError> {
+    let Path(source) = source.map_err(path_error)?;
+    let engine = &state.engine;
+    let Some(config) = engine.registry().webhook_source(&source) else {
+        return Err(EventError(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown webhook source {source:?}"),
+        )));
+    };
+    let Some(secret) = state.keys.webhook_secrets.get(&source) else {
+        return Err(EventError(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "webhook source {source:?} has no secret configured: set {}",
+                config.secret_env()
+            ),
+        )));
+    };
+    let limit = engine.limits().max_event_bytes;
+    let bytes = match read_body(&headers, body, limit).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            return Err(EventError(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over the event limit of {limit} bytes"),
+            )));
+        }
+        Err(BodyError::Unreadable(e)) => {
+            return Err(EventError(ApiError::bad_request(format!(
+                "could not read the body: {e}"
+            ))));
+        }
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    config
+        .verify(secret.as_bytes(), header, &bytes, engine.now())
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let data: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let mut event = NewEvent::new(config.event_name(), data);
+    if let Some(id) = config.id_header.as_deref().and_then(header) {
+        event = event.with_id(format!("{source}:{id}"));
+    }
+    engine.validate_event(&event, false)?;
+    let ids = engine.send_events(vec![event]).await?;
     Ok((
         StatusCode::OK,
         axum::Json(json!({"ids": ids, "status": 200})),

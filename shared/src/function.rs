@@ -291,6 +291,7 @@ pub enum DefinitionError {
 #[derive(Clone, Default)]
 pub struct Registry {
     functions: Vec<Arc<Function>>,
+    webhooks: Vec<crate::webhook::WebhookSource>,
     by_id: HashMap<String, usize>,
 }
 
@@ -365,6 +366,36 @@ impl Registry {
         self.by_id.insert(function.id.clone(), self.functions.len());
         self.functions.push(Arc::new(function));
         Ok(self)
+    }
+
+    /// Declares an outside service that calls back (`POST /v1/webhooks/{source}`).
+    pub fn register_webhook(
+        mut self,
+        source: crate::webhook::WebhookSource,
+    ) -> Result<Self, DefinitionError> {
+        let invalid = |problem: String| DefinitionError::Invalid {
+            function: format!("webhook {}", source.source),
+            problem,
+        };
+        if !valid_name(&source.source) {
+            return Err(invalid("sources are 1-64 chars of [A-Za-z0-9_-]".into()));
+        }
+        if source.event.is_empty() || source.event.contains('/') {
+            return Err(invalid("the event is a non-empty name without '/'".into()));
+        }
+        if self.webhook_source(&source.source).is_some() {
+            return Err(invalid("is registered twice".into()));
+        }
+        self.webhooks.push(source);
+        Ok(self)
+    }
+
+    pub fn webhook_source(&self, source: &str) -> Option<&crate::webhook::WebhookSource> {
+        self.webhooks.iter().find(|w| w.source == source)
+    }
+
+    pub fn webhooks(&self) -> impl Iterator<Item = &crate::webhook::WebhookSource> {
+        self.webhooks.iter()
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Function>> {

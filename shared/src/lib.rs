@@ -14,6 +14,7 @@
 //! - [`aws`]: Lambda adapters over the AWS event types (SQS batches, EventBridge schedules).
 //! - [`local`]: the embedded runtime behind `baton dev`.
 //! - [`cost`]: a meter on the SDK clients: requests and DynamoDB capacity units, in dollars.
+//! - [`webhook`]: outside services' signed callbacks as events.
 //! - [`chaos`]: fault-injecting store and queue wrappers for property tests.
 //! - [`error`]: error types.
 
@@ -28,6 +29,7 @@ pub mod local;
 pub mod model;
 pub mod queue;
 pub mod store;
+pub mod webhook;
 
 pub use engine::{Ctx, Engine, EngineConfig, Limits, NewEvent, StepCtx};
 pub use error::{EngineError, Error, ErrorKind, StepError};

@@ -11,6 +11,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use baton::api::{Keys, router};
 use baton::local::{LocalOptions, LocalRuntime};
 use baton::store::memory::MemoryStore;
+use baton::webhook::WebhookSource;
 use baton::{
     Ctx, EngineConfig, Event, FailureData, Function, Limits, Registry, StepConfig, StepError,
 };
@@ -72,6 +73,21 @@ fn registry() -> Registry {
         .register(failer)
         .unwrap()
         .register(other)
+        .unwrap()
+        .register(
+            Function::new("on-clip")
+                .trigger("clips/task.updated")
+                .handler(|_ctx: Ctx, ev: Event<Value>| async move { Ok(ev.data) }),
+        )
+        .unwrap()
+        .register_webhook(
+            WebhookSource::new("clips", "task.updated")
+                .signature_header("X-Clips-Signature")
+                .timestamp_header("X-Clips-Timestamp")
+                .id_header("X-Clips-Delivery"),
+        )
+        .unwrap()
+        .register_webhook(WebhookSource::new("unset", "ping"))
         .unwrap()
 }
 
@@ -594,7 +610,7 @@ async fn an_oversized_request_is_413_and_stores_nothing() {
 async fn event_keys_are_checked_when_configured() {
     let keys = Keys {
         event_keys: vec!["ek-1".into(), "ek-2".into()],
-        signing_key: None,
+        ..Keys::default()
     };
     let api = start_with(keys, LocalOptions::default()).await;
     for key in ["wrong", "ek-1x", "ek", "EK-1"] {
@@ -634,8 +650,8 @@ async fn open_keys_accept_any_event_key() {
 #[tokio::test]
 async fn v1_and_the_dashboard_need_the_signing_key_when_configured() {
     let keys = Keys {
-        event_keys: vec![],
         signing_key: Some("sk-secret".into()),
+        ..Keys::default()
     };
     let api = start_with(keys, LocalOptions::default()).await;
     let routes = [
@@ -1127,7 +1143,14 @@ async fn functions_are_listed_with_their_steps_and_triggers() {
     listed.sort();
     assert_eq!(
         listed,
-        vec!["failer", "failer-failure", "greet", "napper", "other"]
+        vec![
+            "failer",
+            "failer-failure",
+            "greet",
+            "napper",
+            "on-clip",
+            "other"
+        ]
     );
 
     let greet = by_id("greet");
@@ -1191,4 +1214,123 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_error(status, &reply, StatusCode::METHOD_NOT_ALLOWED, "method");
     let (status, reply) = api.call(Method::POST, "/health", None, None).await;
     assert_error(status, &reply, StatusCode::METHOD_NOT_ALLOWED, "method");
+}
+
+// ---- webhooks ----
+
+const CLIPS_SECRET: &str = "whsec-clips-0123456789";
+
+/// A callback as the clip service sends it: signed over `{timestamp}.{body}`.
+fn clip_callback(body: &str, timestamp: i64, secret: &str, delivery: &str) -> Request<Body> {
+    Request::builder()
+        .method(Method::POST)
+        .uri("/v1/webhooks/clips")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            "x-clips-signature",
+            baton::webhook::sign(secret.as_bytes(), Some(timestamp), body.as_bytes()),
+        )
+        .header("x-clips-timestamp", timestamp.to_string())
+        .header("x-clips-delivery", delivery)
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_signed_webhook_becomes_an_event_and_starts_its_runs_once() {
+    let keys = Keys::open().with_webhook_secret("clips", CLIPS_SECRET);
+    let api = start_with(keys, LocalOptions::default()).await;
+    let now = api.runtime.engine().now().timestamp();
+    let body = r#"{"task_id":"t-1","status":"done"}"#;
+    let reply = api.raw(clip_callback(body, now, CLIPS_SECRET, "d-1")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let ids: Vec<String> = serde_json::from_value(reply.json()["ids"].clone()).unwrap();
+    assert_eq!(ids.len(), 1);
+    let runs = api.runs_of(&ids[0]).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["function_id"], "on-clip");
+    assert_eq!(runs[0]["event_name"], "clips/task.updated");
+    // The source retries the same delivery: the same event, no second run.
+    let again = api.raw(clip_callback(body, now, CLIPS_SECRET, "d-1")).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.json()["ids"][0], ids[0]);
+    let run = api
+        .runtime
+        .wait_for_run(runs[0]["run_id"].as_str().unwrap(), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        run.output,
+        Some(json!({"task_id": "t-1", "status": "done"}))
+    );
+    assert_eq!(api.runs_of(&ids[0]).await.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_webhooks_are_refused_and_store_nothing() {
+    let keys = Keys::open().with_webhook_secret("clips", CLIPS_SECRET);
+    let api = start_with(keys, LocalOptions::default()).await;
+    let now = api.runtime.engine().now().timestamp();
+    let body = r#"{"task_id":"t-2"}"#;
+    let cases = [
+        (
+            "a wrong secret",
+            clip_callback(body, now, "not-the-secret", "d-2"),
+            StatusCode::UNAUTHORIZED,
+            "signature does not match",
+        ),
+        (
+            "a stale timestamp",
+            clip_callback(body, now - 3600, CLIPS_SECRET, "d-3"),
+            StatusCode::UNAUTHORIZED,
+            "away from now",
+        ),
+        (
+            "a body that is not JSON",
+            clip_callback("not json", now, CLIPS_SECRET, "d-4"),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+    ];
+    for (what, request, status, message) in cases {
+        let reply = api.raw(request).await;
+        assert_eq!(reply.status, status, "{what}: {}", reply.text);
+        let json = reply.json();
+        assert!(
+            json["error"].as_str().unwrap().contains(message),
+            "{what}: {json}"
+        );
+        assert_eq!(json["ids"], json!([]), "{what}");
+    }
+    // A valid signature over another body (the body was altered on the way).
+    let mut altered = clip_callback(body, now, CLIPS_SECRET, "d-5");
+    *altered.body_mut() = Body::from(r#"{"task_id":"t-evil"}"#);
+    assert_eq!(api.raw(altered).await.status, StatusCode::UNAUTHORIZED);
+    // No signature at all.
+    let (status, reply) = api
+        .post("/v1/webhooks/clips", json!({"task_id": "t-6"}))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("x-clips-signature"),
+        "{reply}"
+    );
+    // Unknown sources and sources without a secret.
+    let (status, reply) = api.post("/v1/webhooks/nope", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
+    let (status, reply) = api.post("/v1/webhooks/unset", json!({})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("BATON_WEBHOOK_SECRET_UNSET"),
+        "{reply}"
+    );
+    // None of it started anything.
+    let (_, runs) = api.get("/v1/runs?function_id=on-clip").await;
+    assert_eq!(runs["data"], json!([]), "{runs}");
 }
