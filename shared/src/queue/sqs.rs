@@ -320,23 +320,7 @@ impl SqsQueue {
                         &dlq_name,
                     )
                     .await?;
-                let attributes = self
-                    .client
-                    .get_queue_attributes()
-                    .queue_url(&dlq_url)
-                    .attribute_names(QueueAttributeName::QueueArn)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        backend(format!(
-                            "GetQueueAttributes of {dlq_name}: {}",
-                            describe(&e)
-                        ))
-                    })?;
-                let arn = attributes
-                    .attributes()
-                    .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-                    .ok_or_else(|| backend(format!("SQS returned no QueueArn for {dlq_name}")))?;
+                let arn = queue_arn(&self.client, &dlq_url).await?;
                 let policy = serde_json::json!({
                     "deadLetterTargetArn": arn,
                     "maxReceiveCount": MAX_RECEIVE_COUNT,
@@ -404,6 +388,27 @@ impl SqsQueue {
             })?;
         check_batch_result(name, chunk, &out)
     }
+}
+
+/// A queue's ARN (`GetQueueAttributes`).
+async fn queue_arn(client: &Client, queue_url: &str) -> Result<String, QueueError> {
+    let attributes = client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| {
+            backend(format!(
+                "GetQueueAttributes of {queue_url}: {}",
+                describe(&e)
+            ))
+        })?;
+    attributes
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .ok_or_else(|| backend(format!("SQS returned no QueueArn for {queue_url}")))
 }
 
 fn backend(message: String) -> QueueError {
@@ -569,23 +574,7 @@ impl SqsTrigger {
     /// A trigger on the queue at `queue_url` (its ARN is read once, for the records'
     /// `eventSourceARN`).
     pub async fn new(client: Client, queue_url: String, region: &str) -> Result<Self, QueueError> {
-        let attributes = client
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(|e| {
-                backend(format!(
-                    "GetQueueAttributes of {queue_url}: {}",
-                    describe(&e)
-                ))
-            })?;
-        let queue_arn = attributes
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .cloned()
-            .unwrap_or_default();
+        let queue_arn = queue_arn(&client, &queue_url).await?;
         Ok(SqsTrigger {
             client,
             queue_url,
