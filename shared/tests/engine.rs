@@ -392,6 +392,82 @@ async fn a_run_past_its_maximum_age_fails() {
     assert_eq!(run.error.unwrap().name, "RunTooOld");
 }
 
+/// `ctx.map`: one step per item, at most `parallelism` running at once, outputs in item
+/// order; a failed item fails the map with its error once every item has run.
+#[tokio::test(start_paused = true)]
+async fn map_fans_out_with_bounded_parallelism_and_keeps_the_order() {
+    let running = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let f = Function::new("fan")
+        .trigger("t/fan")
+        .step("square", StepConfig::default().retries(0))
+        .handler(move |ctx: Ctx, ev: Event<Value>| {
+            let (r, p) = (r.clone(), p.clone());
+            async move {
+                let items: Vec<i64> = serde_json::from_value(ev.data["items"].clone()).unwrap();
+                ctx.map("square", items, 3, move |_, n: i64| {
+                    let (r, p) = (r.clone(), p.clone());
+                    async move {
+                        let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                        p.fetch_max(now, Ordering::SeqCst);
+                        // Slower for the first items, so later ones overtake them.
+                        tokio::time::sleep(Duration::from_millis(100 * (8 - n.unsigned_abs())))
+                            .await;
+                        r.fetch_sub(1, Ordering::SeqCst);
+                        if n < 0 {
+                            return Err(StepError::non_retriable(format!("bad item {n}")));
+                        }
+                        Ok(n * n)
+                    }
+                })
+                .await
+            }
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/fan", json!({"items": [1, 2, 3, 4, 5, 6, 7]})).await;
+    let run = finish(&rt, &ev, "fan").await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+    assert_eq!(run.output, Some(json!([1, 4, 9, 16, 25, 36, 49])));
+    let peak_seen = peak.load(Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&peak_seen),
+        "at most 3 at once, and in parallel: {peak_seen}"
+    );
+    let steps = rt
+        .engine()
+        .get_run(&run.run_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .steps;
+    let mut ids: Vec<&str> = steps.iter().map(|s| s.step_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "0/square", "1/square", "2/square", "3/square", "4/square", "5/square", "6/square"
+        ]
+    );
+
+    let ev = send(&rt, "t/fan", json!({"items": [1, -2, 3, -4]})).await;
+    let run = finish(&rt, &ev, "fan").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(
+        run.error.unwrap().message,
+        "bad item -2",
+        "the first failed item, in item order"
+    );
+    let steps = rt
+        .engine()
+        .get_run(&run.run_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .steps;
+    assert_eq!(steps.len(), 4, "every item ran: {steps:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_undeclared_step_fails_the_run_with_a_clear_error() {
     let f = Function::new("typo")

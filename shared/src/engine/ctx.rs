@@ -335,6 +335,42 @@ impl Ctx {
         }
     }
 
+    /// Fan-out: runs step `name` once per item, at most `parallelism` (at least 1) at a time,
+    /// and returns the outputs in the items' order. Each item is a step of its own (a branch:
+    /// id `{n}/{name}`), journaled and retried on its own; as items finish, the next ones
+    /// start. Every item runs; the error of the first item (in item order) that failed for
+    /// good is returned. Each item counts toward `max_steps_per_run`.
+    ///
+    /// ```ignore
+    /// let vectors: Vec<Vec<f32>> = ctx
+    ///     .map("embed", chunks.chunks(20).map(<[_]>::to_vec), 4, |_, batch| embed(batch))
+    ///     .await?;
+    /// ```
+    pub async fn map<I, T, F, Fut>(
+        &self,
+        name: &str,
+        items: impl IntoIterator<Item = I>,
+        parallelism: usize,
+        f: F,
+    ) -> Result<Vec<T>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Fn(StepCtx, I) -> Fut,
+        Fut: Future<Output = Result<T, StepError>>,
+    {
+        use futures::StreamExt as _;
+        // Branches are made here, in item order, so every replay gives item k the same id
+        // however the items' steps interleave.
+        let work: Vec<(Ctx, I)> = items.into_iter().map(|item| (self.clone(), item)).collect();
+        let f = &f;
+        let results: Vec<Result<T, Error>> = futures::stream::iter(work)
+            .map(|(branch, item)| async move { branch.step(name, |s| f(s, item)).await })
+            .buffered(parallelism.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
     /// Sleeps durably for `duration` (up to the engine's `max_sleep`, a year by default).
     pub async fn sleep(&self, name: &str, duration: Duration) -> Result<(), Error> {
         let until =
