@@ -516,10 +516,13 @@ fn function_json(f: &Function) -> Value {
     let triggers: Vec<Value> = f
         .triggers
         .iter()
+        // A cron's own trigger shows as the cron.
+        .filter(|t| t.event != crate::function::SCHEDULED || f.crons.is_empty())
         .map(|t| match t.expression() {
             Some(expression) => json!({"event": t.event, "expression": expression}),
             None => json!({"event": t.event}),
         })
+        .chain(f.crons.iter().map(|c| json!({"cron": c})))
         .collect();
     let steps: Vec<Value> = f
         .steps

@@ -3,9 +3,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,9 @@ pub struct FailureData {
 pub const FUNCTION_FAILED: &str = "baton/function.failed";
 /// Name of the event emitted when a run is cancelled.
 pub const FUNCTION_CANCELLED: &str = "baton/function.cancelled";
+/// Name of the event a cron trigger fires: `{"function_id", "scheduled_at"}`, one event id per
+/// function and scheduled time, so a tick fired twice (two schedulers, a retry) runs once.
+pub const SCHEDULED: &str = "baton/scheduled";
 
 /// Resources and retry policy of one declared step: the unit that becomes its own handler
 /// binary, Lambda function and queue.
@@ -117,6 +122,8 @@ pub struct Function {
     pub id: String,
     pub name: String,
     pub triggers: Vec<Trigger>,
+    /// Cron patterns (UTC) that start the function ([`Function::cron`]).
+    pub crons: Vec<String>,
     pub steps: BTreeMap<String, StepConfig>,
     /// Default retries for steps that do not set their own.
     pub retries: u32,
@@ -149,6 +156,7 @@ impl Function {
             name: id.clone(),
             id,
             triggers: Vec::new(),
+            crons: Vec::new(),
             steps: BTreeMap::new(),
             retries: DEFAULT_RETRIES,
             failure_of: None,
@@ -187,6 +195,23 @@ impl Function {
     }
 
     /// Declares a step. Only declared names may be used with `ctx.step`.
+    /// Starts the function on a schedule: a POSIX cron pattern in UTC (`"*/15 * * * *"`,
+    /// `"0 6 * * MON-FRI"`, `@hourly`; a sixth leading field for seconds). Each tick is the
+    /// event [`SCHEDULED`] for this function.
+    pub fn cron(mut self, pattern: impl Into<String>) -> Self {
+        self.crons.push(pattern.into());
+        self
+    }
+
+    /// The first tick of the function's crons strictly after `after`.
+    pub fn next_tick(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.crons
+            .iter()
+            .filter_map(|p| croner::Cron::from_str(p).ok())
+            .filter_map(|c| c.find_next_occurrence(&after, false).ok())
+            .min()
+    }
+
     pub fn step(mut self, name: impl Into<String>, config: StepConfig) -> Self {
         self.steps.insert(name.into(), config);
         self
@@ -312,9 +337,10 @@ impl Registry {
     }
 
     /// Adds a function (and its failure handler, as `{id}-failure`) after checking it.
-    pub fn register(mut self, function: Function) -> Result<Self, DefinitionError> {
+    pub fn register(mut self, mut function: Function) -> Result<Self, DefinitionError> {
+        let id = function.id.clone();
         let invalid = |problem: String| DefinitionError::Invalid {
-            function: function.id.clone(),
+            function: id.clone(),
             problem,
         };
         if !valid_name(&function.id) {
@@ -322,6 +348,20 @@ impl Registry {
         }
         if function.handler.is_none() {
             return Err(invalid("has no handler".into()));
+        }
+        for pattern in &function.crons {
+            if let Err(e) = croner::Cron::from_str(pattern) {
+                return Err(invalid(format!("cron pattern {pattern:?}: {e}")));
+            }
+        }
+        if !function.crons.is_empty() {
+            function.triggers.push(Trigger {
+                event: SCHEDULED.into(),
+                filter: Some((
+                    "data.function_id".into(),
+                    Value::String(function.id.clone()),
+                )),
+            });
         }
         if function.triggers.is_empty() {
             return Err(invalid("has no trigger".into()));
@@ -340,6 +380,7 @@ impl Registry {
             let handler_fn = Function {
                 id: format!("{}-failure", function.id),
                 name: format!("{} (on failure)", function.name),
+                crons: Vec::new(),
                 triggers: vec![Trigger {
                     event: FUNCTION_FAILED.into(),
                     filter: Some((

@@ -92,10 +92,11 @@ impl LocalRuntime {
                 ..options
             },
         ));
+        let scheduler = tokio::spawn(fire_crons_forever(engine.clone()));
         Ok(LocalRuntime {
             engine,
             queue,
-            tasks: vec![dispatcher, sweeper],
+            tasks: vec![dispatcher, sweeper, scheduler],
         })
     }
 
@@ -204,5 +205,36 @@ async fn sweep_forever(engine: Engine, options: LocalOptions) {
             Ok(n) => tracing::warn!(runs = n, "re-drove stalled runs"),
             Err(e) => tracing::error!(%e, "sweep failed"),
         }
+    }
+}
+
+/// The cron scheduler: sleeps until the next tick of any function's crons and fires it.
+/// Ticks missed while the process was down are not made up.
+async fn fire_crons_forever(engine: Engine) {
+    let mut after = engine.now();
+    loop {
+        let next = engine
+            .registry()
+            .functions()
+            .filter_map(|f| f.next_tick(after).map(|t| (t, f.id.clone())))
+            .min();
+        let Some((tick, _)) = next else {
+            return;
+        };
+        let wait = (tick - engine.now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        // Every function due at this tick.
+        let due: Vec<String> = engine
+            .registry()
+            .functions()
+            .filter(|f| f.next_tick(after) == Some(tick))
+            .map(|f| f.id.clone())
+            .collect();
+        for function_id in due {
+            if let Err(error) = engine.fire_cron(&function_id, tick).await {
+                tracing::error!(%function_id, %tick, %error, "cron tick not fired");
+            }
+        }
+        after = tick;
     }
 }

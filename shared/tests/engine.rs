@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use baton::engine::run_id_for;
 use baton::local::{LocalOptions, LocalRuntime};
-use baton::model::{MessageKind, RunRecord, StepKind};
+use baton::model::{MessageKind, RunQuery, RunRecord, StepKind};
 use baton::store::memory::MemoryStore;
 use baton::{
     Ctx, EngineConfig, Error, Event, Function, Limits, NewEvent, Registry, RunStatus, StepConfig,
@@ -466,6 +466,56 @@ async fn map_fans_out_with_bounded_parallelism_and_keeps_the_order() {
         .unwrap()
         .steps;
     assert_eq!(steps.len(), 4, "every item ran: {steps:?}");
+}
+
+/// A cron trigger fires in the local runtime (the dev server's scheduler) at each tick; a
+/// tick fired again starts nothing; a bad pattern is refused at registration.
+#[tokio::test(start_paused = true)]
+async fn cron_triggers_fire_on_schedule_once_per_tick() {
+    let f = Function::new("tick")
+        .cron("*/5 * * * *")
+        .handler(|_ctx: Ctx, ev: Event<Value>| async move { Ok(ev.data["scheduled_at"].clone()) });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let began = rt.engine().now();
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    let query = RunQuery {
+        function_id: Some("tick".into()),
+        limit: 10,
+        ..RunQuery::default()
+    };
+    let mut runs = rt.engine().store().list_runs(&query).await.unwrap().runs;
+    runs.sort_by_key(|r| r.started_at);
+    // Every 5-minute mark in (began, began + 11 min]: 2 or 3 of them.
+    let end = began.timestamp() + 11 * 60;
+    let ticks = (began.timestamp() / 300 + 1..=end / 300).count();
+    assert!(ticks >= 2);
+    assert_eq!(
+        runs.len(),
+        ticks,
+        "one run per tick in 11 minutes: {runs:?}"
+    );
+    for run in &runs {
+        let run = rt
+            .wait_for_run(&run.run_id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(run.status, RunStatus::Completed);
+        let at: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(run.output.clone().unwrap()).unwrap();
+        assert!(at > began && at.timestamp() % 300 == 0, "{at}");
+    }
+    // The same tick again (a second scheduler, a retried EventBridge call): no new run.
+    let first_tick: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(runs[0].event.data["scheduled_at"].clone()).unwrap();
+    rt.engine().fire_cron("tick", first_tick).await.unwrap();
+    let again = rt.engine().store().list_runs(&query).await.unwrap().runs;
+    assert_eq!(again.len(), ticks);
+
+    let bad = Function::new("bad-cron")
+        .cron("every day at noon")
+        .handler(|_ctx: Ctx, _ev: Event<Value>| async move { Ok(()) });
+    let refused = Registry::new().register(bad).err().expect("refused");
+    assert!(refused.to_string().contains("cron pattern"), "{refused}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -23,7 +23,7 @@ pub use ctx::{Ctx, StepCtx};
 use ctx::{PassEnd, PassResult, Pending, Target};
 
 use crate::error::{EngineError, StepError};
-use crate::function::{FUNCTION_CANCELLED, FUNCTION_FAILED, Function, Registry};
+use crate::function::{FUNCTION_CANCELLED, FUNCTION_FAILED, Function, Registry, SCHEDULED};
 use crate::model::{
     ErrorInfo, EventRecord, Message, MessageKind, RunDetail, RunQuery, RunRecord, RunStatus,
     RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
@@ -190,6 +190,20 @@ impl Engine {
     }
 
     /// The engine's own events (reserved names allowed).
+    /// A cron tick: the event [`SCHEDULED`] for `function_id` at `scheduled_at`, with an id of
+    /// its own per function and time, so firing the same tick again starts nothing new.
+    /// Returns the event id.
+    pub async fn fire_cron(
+        &self,
+        function_id: &str,
+        scheduled_at: DateTime<Utc>,
+    ) -> Result<String, EngineError> {
+        let at = scheduled_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let data = json!({"function_id": function_id, "scheduled_at": at});
+        self.emit(NewEvent::new(SCHEDULED, data).with_id(format!("baton:cron:{function_id}:{at}")))
+            .await
+    }
+
     async fn emit(&self, event: NewEvent) -> Result<String, EngineError> {
         Ok(self.ingest(vec![event], true).await?.remove(0))
     }
