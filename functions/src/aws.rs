@@ -149,6 +149,23 @@ pub async fn run_sweeper() -> anyhow::Result<()> {
     .map_err(lambda_error)
 }
 
+/// The cron schedule, every minute on EventBridge: fires the ticks of the minute before.
+pub async fn run_cron() -> anyhow::Result<()> {
+    init_tracing();
+    let engine = engine_from_env().await?;
+    let engine = &engine;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<EventBridgeEvent>| async move {
+            let fired = baton::aws::handle_cron_schedule(engine, event.payload)
+                .await
+                .map_err(|e| lambda_runtime::Error::from(e.to_string()))?;
+            Ok::<_, lambda_runtime::Error>(serde_json::json!({ "fired": fired }))
+        },
+    ))
+    .await
+    .map_err(lambda_error)
+}
+
 /// An HTTP route behind API Gateway (HTTP API, payload format 2.0): the whole API router, so
 /// every route binary answers the same way; API Gateway sends each one only its own route.
 pub async fn run_http() -> anyhow::Result<()> {

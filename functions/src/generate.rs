@@ -62,6 +62,9 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(29);
 pub const HTTP_MEMORY_MB: u32 = 256;
 pub const SWEEPER_TIMEOUT: Duration = Duration::from_secs(300);
 pub const SWEEPER_SCHEDULE: &str = "rate(5 minutes)";
+/// The cron handler runs every minute ([`baton::aws::CRON_WINDOW`]).
+pub const CRON_SCHEDULE: &str = "rate(1 minute)";
+pub const CRON_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEAD_LETTERS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Retention of dead letters (SQS's maximum, 14 days).
 pub const DLQ_RETENTION_S: u64 = 14 * 24 * 3600;
@@ -102,9 +105,16 @@ pub const ROUTES: &[Route] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handler {
     Http(Route),
-    Step { function_id: String, step: String },
-    Continue { function_id: String },
+    Step {
+        function_id: String,
+        step: String,
+    },
+    Continue {
+        function_id: String,
+    },
     Sweeper,
+    /// Fires cron ticks (only when some function has a cron).
+    Cron,
     DeadLetters,
 }
 
@@ -161,6 +171,12 @@ pub fn binaries(registry: &Registry) -> Vec<Binary> {
         name: "sweeper".into(),
         handler: Handler::Sweeper,
     });
+    if registry.functions().any(|f| !f.crons.is_empty()) {
+        out.push(Binary {
+            name: "cron".into(),
+            handler: Handler::Cron,
+        });
+    }
     out.push(Binary {
         name: "dead-letters".into(),
         handler: Handler::DeadLetters,
@@ -220,6 +236,10 @@ fn bin_source(b: &Binary) -> String {
         Handler::Sweeper => (
             "the sweeper (an EventBridge schedule)".to_string(),
             "run_sweeper",
+        ),
+        Handler::Cron => (
+            "cron triggers (an EventBridge schedule, every minute)".to_string(),
+            "run_cron",
         ),
         Handler::DeadLetters => ("every dead-letter queue".to_string(), "run_dead_letters"),
     };
@@ -724,6 +744,30 @@ fn template(registry: &Registry, binaries: &[Binary]) -> anyhow::Result<String> 
         timeout = secs(SWEEPER_TIMEOUT),
         schedule = q(SWEEPER_SCHEDULE),
     );
+
+    if binaries.iter().any(|b| b.handler == Handler::Cron) {
+        let _ = write!(
+            body,
+            "  # ---- cron triggers: every minute, fires the ticks of the minute before ----\n\
+             \x20 CronFunction:\n\
+             \x20   Type: AWS::Serverless::Function\n\
+             {metadata}\
+             \x20   Properties:\n\
+             \x20     Description: \"Baton: cron triggers\"\n\
+             \x20     Timeout: {timeout}\n\
+             \x20     MemorySize: 256\n\
+             {policies}\
+             \x20     Events:\n\
+             \x20       Schedule:\n\
+             \x20         Type: Schedule\n\
+             \x20         Properties:\n\
+             \x20           Schedule: {schedule}\n\
+             \n",
+            metadata = metadata("cron"),
+            timeout = secs(CRON_TIMEOUT),
+            schedule = q(CRON_SCHEDULE),
+        );
+    }
 
     let _ = write!(
         body,

@@ -15,6 +15,7 @@ use baton::webhook::WebhookSource;
 pub fn registry() -> Registry {
     Registry::new()
         .register(examples::order::function())
+        .and_then(|r| r.register(examples::order::daily_report()))
         .expect("the example functions are valid")
         // The clip service's task callbacks (`clips/task.updated`), signed over
         // `{timestamp}.{body}`; secret in BATON_WEBHOOK_SECRET_CLIPS.

@@ -82,6 +82,23 @@ pub async fn handle_dead_letters(engine: &Engine, event: SqsEvent) -> SqsBatchRe
     response
 }
 
+/// How often the template's cron schedule runs: each invocation fires the ticks of the minute
+/// before its scheduled time.
+pub const CRON_WINDOW: Duration = Duration::from_secs(60);
+
+/// The cron schedule (EventBridge, every minute): fires every function's cron ticks in
+/// `(time - 1 min, time]` of the event's scheduled `time`, so a late or repeated delivery
+/// fires the same ticks, which start nothing new. Returns how many ticks.
+pub async fn handle_cron_schedule(
+    engine: &Engine,
+    event: EventBridgeEvent,
+) -> Result<usize, EngineError> {
+    // An event without a time (not one EventBridge sends) covers the minute before now.
+    let to = event.time.unwrap_or_else(|| engine.now());
+    let from = to - chrono::Duration::from_std(CRON_WINDOW).expect("a minute");
+    engine.fire_due_crons(from, to).await
+}
+
 /// The sweeper: re-drives runs that made no progress for `stale_after`. Returns how many.
 pub async fn handle_schedule(
     engine: &Engine,

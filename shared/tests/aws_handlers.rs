@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use baton::StepStatus;
-use baton::aws::{handle_dead_letters, handle_queue_batch, handle_schedule};
+use baton::aws::{handle_cron_schedule, handle_dead_letters, handle_queue_batch, handle_schedule};
 use baton::engine::run_id_for;
 use baton::error::QueueError;
 use baton::model::{Message, MessageKind};
@@ -371,4 +371,51 @@ async fn a_step_claimed_inline_by_a_killed_invocation_is_sent_again() {
         (run.status, run.output),
         (RunStatus::Completed, Some(json!(3)))
     );
+}
+
+/// The cron schedule (EventBridge, every minute) fires the ticks of the minute before the
+/// event's scheduled time; the same event again, or a later minute without a tick, starts
+/// nothing.
+#[tokio::test]
+async fn the_cron_schedule_fires_the_ticks_of_its_minute_once() {
+    let queue = Arc::new(TestQueue::default());
+    let f = Function::new("every-5")
+        .cron("*/5 * * * *")
+        .handler(|_ctx: Ctx, ev: Event<Value>| async move { Ok(ev.data["scheduled_at"].clone()) });
+    let engine = Engine::new(
+        Registry::new().register(f).unwrap(),
+        Arc::new(MemoryStore::new()),
+        queue.clone(),
+        EngineConfig::default(),
+    );
+    let mut event: EventBridgeEvent =
+        serde_json::from_str(&fixture("eventbridge-scheduled-event.json")).unwrap();
+    let at = |s: &str| Some(s.parse::<chrono::DateTime<chrono::Utc>>().unwrap());
+    event.time = at("2026-01-01T10:05:00Z");
+    assert_eq!(
+        handle_cron_schedule(&engine, event.clone()).await.unwrap(),
+        1
+    );
+    let starts = queue.take();
+    assert_eq!(starts.len(), 1, "one run started");
+    // EventBridge delivered it twice: the tick's event id is the same, so no new run (the
+    // not yet started run's start may be sent again, as after a crash; that is harmless).
+    assert_eq!(
+        handle_cron_schedule(&engine, event.clone()).await.unwrap(),
+        1
+    );
+    let again = queue.take();
+    assert!(
+        again.iter().all(|m| m.run_id == starts[0].run_id),
+        "{again:?}"
+    );
+    event.time = at("2026-01-01T10:06:00Z");
+    assert_eq!(handle_cron_schedule(&engine, event).await.unwrap(), 0);
+    let run = engine
+        .store()
+        .get_run(&starts[0].run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.event.data["scheduled_at"], "2026-01-01T10:05:00Z");
 }

@@ -133,3 +133,18 @@ async fn record_failure(ctx: Ctx, event: Event<FailureData>) -> Result<String, E
     })
     .await
 }
+
+/// `order-report`: a cron trigger. Every day at 06:00 UTC a run starts with the tick in
+/// `data.scheduled_at` (the dev server's scheduler fires it; on AWS, the `cron` Lambda).
+pub fn daily_report() -> Function {
+    Function::new("order-report")
+        .name("Daily order report")
+        .cron("0 6 * * *")
+        .handler(|_ctx: Ctx, event: Event<serde_json::Value>| async move {
+            let day = event.data["scheduled_at"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned();
+            Ok::<_, Error>(format!("order report for {day}"))
+        })
+}
