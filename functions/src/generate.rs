@@ -949,10 +949,13 @@ mod tests {
         assert!(names.contains(&"step-process-order--charge-card".to_string()));
         assert!(names.contains(&"continue-process-order-failure".to_string()));
         assert!(names.contains(&"sweeper".to_string()));
+        // The example app has a cron function, so it gets the cron handler.
+        assert!(names.contains(&"cron".to_string()));
         let steps: usize = registry.functions().map(|f| f.steps.len()).sum();
+        // + sweeper, dead-letters, cron
         assert_eq!(
             names.len(),
-            ROUTES.len() + registry.functions().count() + steps + 2
+            ROUTES.len() + registry.functions().count() + steps + 3
         );
     }
 
