@@ -124,6 +124,10 @@ pub struct Function {
     pub triggers: Vec<Trigger>,
     /// Cron patterns (UTC) that start the function ([`Function::cron`]).
     pub crons: Vec<String>,
+    /// A run not started this long after its event is cancelled ([`Function::start_timeout`]).
+    pub start_timeout: Option<Duration>,
+    /// A run not ended this long after its event is cancelled ([`Function::finish_timeout`]).
+    pub finish_timeout: Option<Duration>,
     pub steps: BTreeMap<String, StepConfig>,
     /// Default retries for steps that do not set their own.
     pub retries: u32,
@@ -157,6 +161,8 @@ impl Function {
             id,
             triggers: Vec::new(),
             crons: Vec::new(),
+            start_timeout: None,
+            finish_timeout: None,
             steps: BTreeMap::new(),
             retries: DEFAULT_RETRIES,
             failure_of: None,
@@ -200,6 +206,21 @@ impl Function {
     /// event [`SCHEDULED`] for this function.
     pub fn cron(mut self, pattern: impl Into<String>) -> Self {
         self.crons.push(pattern.into());
+        self
+    }
+
+    /// A run that has not started `timeout` after its event (a backlog, a stalled queue) is
+    /// cancelled instead, with the error `StartTimeout`.
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = Some(timeout);
+        self
+    }
+
+    /// A run that has not ended `timeout` after its event is cancelled, with the error
+    /// `FinishTimeout`, even while it sleeps or waits; a step already executing finishes,
+    /// nothing after it runs.
+    pub fn finish_timeout(mut self, timeout: Duration) -> Self {
+        self.finish_timeout = Some(timeout);
         self
     }
 
@@ -381,6 +402,8 @@ impl Registry {
                 id: format!("{}-failure", function.id),
                 name: format!("{} (on failure)", function.name),
                 crons: Vec::new(),
+                start_timeout: None,
+                finish_timeout: None,
                 triggers: vec![Trigger {
                     event: FUNCTION_FAILED.into(),
                     filter: Some((

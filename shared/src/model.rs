@@ -246,6 +246,8 @@ pub enum MessageKind {
     Wake { step_id: String },
     /// Re-drive a run that may have lost a message (the sweeper, recovery after a crash).
     Redrive,
+    /// The function's finish timeout is due: a run still going is cancelled.
+    Deadline,
 }
 
 /// Where a message goes: a step's own queue, or the function's continue queue.

@@ -518,6 +518,67 @@ async fn cron_triggers_fire_on_schedule_once_per_tick() {
     assert!(refused.to_string().contains("cron pattern"), "{refused}");
 }
 
+/// A finish timeout cancels a run that is still asleep when it is due (not when it wakes),
+/// with the reason; a run that ends in time is left alone.
+#[tokio::test(start_paused = true)]
+async fn a_finish_timeout_cancels_a_sleeping_run_when_due() {
+    let f = Function::new("slowpoke")
+        .trigger("t/slow")
+        .finish_timeout(Duration::from_secs(600))
+        .handler(|ctx: Ctx, ev: Event<Value>| async move {
+            let secs = ev.data["sleep_s"].as_u64().unwrap();
+            ctx.sleep("nap", Duration::from_secs(secs)).await?;
+            Ok("awake")
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let began = rt.engine().now();
+    let late = send(&rt, "t/slow", json!({"sleep_s": 3600})).await;
+    let on_time = send(&rt, "t/slow", json!({"sleep_s": 60})).await;
+    let run = finish(&rt, &late, "slowpoke").await;
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.error.as_ref().unwrap().name, "FinishTimeout");
+    let ended = (run.ended_at.unwrap() - began).to_std().unwrap();
+    assert!(
+        ended >= Duration::from_secs(600) && ended < Duration::from_secs(660),
+        "cancelled when due, not at the wake-up: {ended:?}"
+    );
+    let run = finish(&rt, &on_time, "slowpoke").await;
+    assert_eq!(run.status, RunStatus::Completed);
+}
+
+/// A start timeout cancels a run whose start comes too late (a backlog).
+#[tokio::test(start_paused = true)]
+async fn a_start_timeout_cancels_a_run_that_starts_too_late() {
+    let f = Function::new("prompt")
+        .trigger("t/prompt")
+        .start_timeout(Duration::from_secs(30))
+        .handler(|_ctx: Ctx, _ev: Event<Value>| async move { Ok("ran") });
+    let (queue, mut receiver) = baton::queue::local::LocalQueue::new();
+    let engine = baton::Engine::new(
+        Registry::new().register(f).unwrap(),
+        Arc::new(MemoryStore::new()),
+        Arc::new(queue),
+        EngineConfig::default(),
+    );
+    let ev = engine
+        .send_events(vec![NewEvent::new("t/prompt", json!({}))])
+        .await
+        .unwrap()
+        .remove(0);
+    let start = receiver.recv().await.unwrap();
+    // The backlog holds the start for a minute.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    engine.handle(start).await.unwrap();
+    let run = engine
+        .store()
+        .get_run(&run_id_for(&ev, "prompt"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.error.unwrap().name, "StartTimeout");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_undeclared_step_fails_the_run_with_a_clear_error() {
     let f = Function::new("typo")

@@ -312,13 +312,76 @@ impl Engine {
                 None,
             );
             if self.store().create_run(&run).await? || repeat {
-                starts.push(Envelope {
-                    message: start_message(&run),
-                    delay: Duration::ZERO,
-                });
+                starts.extend(self.start_messages(function, &run));
             }
         }
         Ok(starts)
+    }
+
+    /// A new run's start, and its deadline when the function has a finish timeout.
+    fn start_messages(&self, function: &Function, run: &RunRecord) -> Vec<Envelope> {
+        let mut out = vec![Envelope {
+            message: start_message(run),
+            delay: Duration::ZERO,
+        }];
+        if let Some(timeout) = function.finish_timeout {
+            let due = run.started_at
+                + chrono::Duration::from_std(timeout).unwrap_or(chrono::TimeDelta::MAX);
+            out.push(Envelope {
+                message: Message {
+                    run_id: run.run_id.clone(),
+                    function_id: run.function_id.clone(),
+                    kind: MessageKind::Deadline,
+                    not_before: Some(due),
+                },
+                delay: timeout,
+            });
+        }
+        out
+    }
+
+    /// Why a run is past one of its function's timeouts, if it is.
+    fn timed_out(
+        &self,
+        function: &Function,
+        run: &RunRecord,
+        now: DateTime<Utc>,
+    ) -> Option<ErrorInfo> {
+        let age = (now - run.started_at).to_std().unwrap_or_default();
+        match (function.start_timeout, function.finish_timeout) {
+            (Some(start), _) if run.status == RunStatus::Queued && age >= start => {
+                Some(ErrorInfo::new(
+                    "StartTimeout",
+                    format!("the run did not start within {start:?} of its event"),
+                ))
+            }
+            (_, Some(finish)) if age >= finish => Some(ErrorInfo::new(
+                "FinishTimeout",
+                format!("the run did not finish within {finish:?} of its event"),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Cancels a run past its timeout, with the reason, as `DELETE /v1/runs/{id}` would.
+    async fn cancel_timed_out(&self, run: &RunRecord, error: ErrorInfo) -> Result<(), EngineError> {
+        self.journal_cache().forget(&run.run_id);
+        let t = RunTransition {
+            from: vec![RunStatus::Queued, RunStatus::Running],
+            to: RunStatus::Cancelled,
+            ended_at: Some(self.now()),
+            output: None,
+            error: Some(error.clone()),
+        };
+        if self.store().transition_run(&run.run_id, &t).await? {
+            let data = json!({"function_id": run.function_id, "run_id": run.run_id, "error": error, "event": run.event.to_json()});
+            self.emit(
+                NewEvent::new(FUNCTION_CANCELLED, data)
+                    .with_id(format!("baton:cancelled:{}", run.run_id)),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     fn new_run(
@@ -410,6 +473,13 @@ impl Engine {
             );
             return self.fail_run(&run, error).await.map(|()| None);
         };
+        if let Some(error) = self.timed_out(&function, &run, now) {
+            return self.cancel_timed_out(&run, error).await.map(|()| None);
+        }
+        if message.kind == MessageKind::Deadline {
+            // Not due yet by this clock: it is re-sent for when it is.
+            return Ok(None);
+        }
         if run.status == RunStatus::Queued {
             let t = RunTransition {
                 from: vec![RunStatus::Queued],
@@ -478,7 +548,7 @@ impl Engine {
                 }
                 None
             }
-            MessageKind::Start | MessageKind::Redrive => None,
+            MessageKind::Start | MessageKind::Redrive | MessageKind::Deadline => None,
         };
         let woken = match &message.kind {
             MessageKind::Wake { step_id } => Some(step_id.clone()),
@@ -847,11 +917,7 @@ impl Engine {
         })?;
         let run = self.new_run(new_ulid(self.now()), function, old.event, Some(old.run_id));
         self.store().create_run(&run).await?;
-        self.send(vec![Envelope {
-            message: start_message(&run),
-            delay: Duration::ZERO,
-        }])
-        .await?;
+        self.send(self.start_messages(function, &run)).await?;
         Ok(run.run_id)
     }
 
@@ -950,6 +1016,7 @@ impl Engine {
             MessageKind::Wake { step_id } => format!("the wake-up of {step_id:?}"),
             MessageKind::Start => "the start".to_string(),
             MessageKind::Redrive => "a re-drive".to_string(),
+            MessageKind::Deadline => "the finish deadline".to_string(),
         };
         let error = ErrorInfo::new(
             "DeadLettered",
