@@ -108,6 +108,29 @@ impl Trigger {
     }
 }
 
+/// An event that cancels runs: its field at `path` must equal the run's event's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelOn {
+    pub event: String,
+    pub path: String,
+}
+
+impl CancelOn {
+    /// Whether `event` cancels the run started by `run_event`: same name, and the field is
+    /// present and equal in both.
+    pub fn matches(&self, event: &EventRecord, run_event: &EventRecord) -> bool {
+        if event.name != self.event {
+            return false;
+        }
+        match lookup(&event.to_json(), &self.path) {
+            Some(value) if !value.is_null() => {
+                lookup(&run_event.to_json(), &self.path) == Some(value)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Follows a dotted path (`data.user.id`) into a JSON value.
 pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(value, |v, key| v.get(key))
@@ -124,6 +147,8 @@ pub struct Function {
     pub triggers: Vec<Trigger>,
     /// Cron patterns (UTC) that start the function ([`Function::cron`]).
     pub crons: Vec<String>,
+    /// Events that cancel a live run of this function ([`Function::cancel_on`]).
+    pub cancel_on: Vec<CancelOn>,
     /// A run not started this long after its event is cancelled ([`Function::start_timeout`]).
     pub start_timeout: Option<Duration>,
     /// A run not ended this long after its event is cancelled ([`Function::finish_timeout`]).
@@ -161,6 +186,7 @@ impl Function {
             id,
             triggers: Vec::new(),
             crons: Vec::new(),
+            cancel_on: Vec::new(),
             start_timeout: None,
             finish_timeout: None,
             steps: BTreeMap::new(),
@@ -206,6 +232,16 @@ impl Function {
     /// event [`SCHEDULED`] for this function.
     pub fn cron(mut self, pattern: impl Into<String>) -> Self {
         self.crons.push(pattern.into());
+        self
+    }
+
+    /// Cancels a live run when the event `event` arrives whose field at `path` (dotted, e.g.
+    /// `data.order_id`) equals the same field of the run's own event.
+    pub fn cancel_on(mut self, event: impl Into<String>, path: impl Into<String>) -> Self {
+        self.cancel_on.push(CancelOn {
+            event: event.into(),
+            path: path.into(),
+        });
         self
     }
 
@@ -402,6 +438,7 @@ impl Registry {
                 id: format!("{}-failure", function.id),
                 name: format!("{} (on failure)", function.name),
                 crons: Vec::new(),
+                cancel_on: Vec::new(),
                 start_timeout: None,
                 finish_timeout: None,
                 triggers: vec![Trigger {

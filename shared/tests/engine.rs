@@ -579,6 +579,43 @@ async fn a_start_timeout_cancels_a_run_that_starts_too_late() {
     assert_eq!(run.error.unwrap().name, "StartTimeout");
 }
 
+/// `cancel_on`: an event whose field matches the run's own event cancels the sleeping run;
+/// one with another value, or without the field, leaves runs alone.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_event_stops_a_sleeping_run_with_the_same_key() {
+    let f = Function::new("reminder")
+        .trigger("t/remind")
+        .cancel_on("t/remind.cancelled", "data.order_id")
+        .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+            ctx.sleep("wait", Duration::from_secs(3600)).await?;
+            Ok("reminded")
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let a = send(&rt, "t/remind", json!({"order_id": "o-1"})).await;
+    let b = send(&rt, "t/remind", json!({"order_id": "o-2"})).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    send(&rt, "t/remind.cancelled", json!({"order_id": "o-9"})).await;
+    send(&rt, "t/remind.cancelled", json!({})).await;
+    send(&rt, "t/remind.cancelled", json!({"order_id": "o-1"})).await;
+    let run_a = rt
+        .engine()
+        .store()
+        .get_run(&run_id_for(&a, "reminder"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run_a.status, RunStatus::Cancelled, "cancelled while asleep");
+    let run_b = finish(&rt, &b, "reminder").await;
+    assert_eq!(
+        run_b.status,
+        RunStatus::Completed,
+        "another key is left alone"
+    );
+    // The cancelled run stays cancelled when its wake-up comes.
+    let run_a = finish(&rt, &a, "reminder").await;
+    assert_eq!(run_a.status, RunStatus::Cancelled);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_undeclared_step_fails_the_run_with_a_clear_error() {
     let f = Function::new("typo")

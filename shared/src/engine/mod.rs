@@ -186,10 +186,23 @@ impl Engine {
     /// Stores events and starts every run they trigger. Returns the event ids in order.
     /// All events are validated before anything is stored.
     pub async fn send_events(&self, events: Vec<NewEvent>) -> Result<Vec<String>, EngineError> {
-        self.ingest(events, false).await
+        let names: Vec<String> = events.iter().map(|e| e.name.clone()).collect();
+        let ids = self.ingest(events, false).await?;
+        // Events that cancel runs ([`Function::cancel_on`]); the engine's own events do not.
+        for (name, id) in names.iter().zip(&ids) {
+            let listened = self
+                .registry()
+                .functions()
+                .any(|f| f.cancel_on.iter().any(|c| &c.event == name));
+            if listened {
+                if let Some(event) = self.store().get_event(id).await? {
+                    self.cancel_on_event(&event).await?;
+                }
+            }
+        }
+        Ok(ids)
     }
 
-    /// The engine's own events (reserved names allowed).
     /// A cron tick: the event [`SCHEDULED`] for `function_id` at `scheduled_at`, with an id of
     /// its own per function and time, so firing the same tick again starts nothing new.
     /// Returns the event id.
@@ -223,6 +236,7 @@ impl Engine {
         Ok(fired)
     }
 
+    /// The engine's own events (reserved names allowed).
     async fn emit(&self, event: NewEvent) -> Result<String, EngineError> {
         Ok(self.ingest(vec![event], true).await?.remove(0))
     }
@@ -949,6 +963,34 @@ impl Engine {
             }
         }
         Ok(runs)
+    }
+
+    /// Cancels the live runs that `event` cancels ([`Function::cancel_on`]): for each function
+    /// listening for its name, its Queued and Running runs are read and compared.
+    async fn cancel_on_event(&self, event: &EventRecord) -> Result<(), EngineError> {
+        let listening: Vec<(String, crate::function::CancelOn)> = self
+            .registry()
+            .functions()
+            .flat_map(|f| f.cancel_on.iter().map(|c| (f.id.clone(), c.clone())))
+            .filter(|(_, c)| c.event == event.name)
+            .collect();
+        for (function_id, cancel_on) in listening {
+            let live = self
+                .runs_in_window(
+                    &function_id,
+                    &[RunStatus::Queued, RunStatus::Running],
+                    None,
+                    None,
+                )
+                .await?;
+            for run in live.iter().filter(|r| cancel_on.matches(event, &r.event)) {
+                match self.cancel(&run.run_id).await {
+                    Ok(_) | Err(EngineError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Bulk cancel. Returns how many runs this call cancelled.
