@@ -147,6 +147,8 @@ pub struct Function {
     pub triggers: Vec<Trigger>,
     /// Cron patterns (UTC) that start the function ([`Function::cron`]).
     pub crons: Vec<String>,
+    /// At most one run per value of this field of the event per 24 h ([`Function::idempotency`]).
+    pub idempotency: Option<String>,
     /// Events that cancel a live run of this function ([`Function::cancel_on`]).
     pub cancel_on: Vec<CancelOn>,
     /// A run not started this long after its event is cancelled ([`Function::start_timeout`]).
@@ -186,6 +188,7 @@ impl Function {
             id,
             triggers: Vec::new(),
             crons: Vec::new(),
+            idempotency: None,
             cancel_on: Vec::new(),
             start_timeout: None,
             finish_timeout: None,
@@ -232,6 +235,14 @@ impl Function {
     /// event [`SCHEDULED`] for this function.
     pub fn cron(mut self, pattern: impl Into<String>) -> Self {
         self.crons.push(pattern.into());
+        self
+    }
+
+    /// At most one run per value of the event's field at `path` (dotted, e.g.
+    /// `data.order_id`) within the engine's idempotency window (24 h): later events with the
+    /// same value start nothing for this function. Events without the field are not limited.
+    pub fn idempotency(mut self, path: impl Into<String>) -> Self {
+        self.idempotency = Some(path.into());
         self
     }
 
@@ -438,6 +449,7 @@ impl Registry {
                 id: format!("{}-failure", function.id),
                 name: format!("{} (on failure)", function.name),
                 crons: Vec::new(),
+                idempotency: None,
                 cancel_on: Vec::new(),
                 start_timeout: None,
                 finish_timeout: None,

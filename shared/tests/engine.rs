@@ -616,6 +616,33 @@ async fn a_cancel_event_stops_a_sleeping_run_with_the_same_key() {
     assert_eq!(run_a.status, RunStatus::Cancelled);
 }
 
+/// An idempotency field: one run per value in the window; other values and events without
+/// the field are not limited; after the window the value runs again.
+#[tokio::test(start_paused = true)]
+async fn an_idempotency_field_starts_one_run_per_value() {
+    let f = Function::new("charge")
+        .trigger("t/charge")
+        .idempotency("data.order_id")
+        .handler(|_ctx: Ctx, ev: Event<Value>| async move { Ok(ev.data) });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let runs_of = |id: String| {
+        let engine = rt.engine().clone();
+        async move { engine.store().runs_for_event(&id).await.unwrap().len() }
+    };
+    let first = send(&rt, "t/charge", json!({"order_id": "o-1"})).await;
+    let repeat = send(&rt, "t/charge", json!({"order_id": "o-1", "note": "again"})).await;
+    let other = send(&rt, "t/charge", json!({"order_id": "o-2"})).await;
+    let keyless = send(&rt, "t/charge", json!({"note": "no key"})).await;
+    assert_eq!(runs_of(first.clone()).await, 1);
+    assert_eq!(runs_of(repeat).await, 0, "the same order starts nothing");
+    assert_eq!(runs_of(other).await, 1);
+    assert_eq!(runs_of(keyless).await, 1);
+    // Past the 24 h window the value runs again.
+    tokio::time::sleep(Duration::from_secs(24 * 3600 + 60)).await;
+    let later = send(&rt, "t/charge", json!({"order_id": "o-1"})).await;
+    assert_eq!(runs_of(later).await, 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_undeclared_step_fails_the_run_with_a_clear_error() {
     let f = Function::new("typo")

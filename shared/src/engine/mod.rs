@@ -319,6 +319,9 @@ impl Engine {
     ) -> Result<Vec<Envelope>, EngineError> {
         let mut starts = Vec::new();
         for function in self.registry().triggered_by(event) {
+            if !self.claim_run_key(function, event).await? {
+                continue;
+            }
             let run = self.new_run(
                 run_id_for(&event.id, &function.id),
                 function,
@@ -330,6 +333,34 @@ impl Engine {
             }
         }
         Ok(starts)
+    }
+
+    /// A function with an idempotency field runs once per value: the value is claimed for this
+    /// event for the idempotency window. False when another event holds it (a repeat of this
+    /// event finds its own claim and goes on).
+    async fn claim_run_key(
+        &self,
+        function: &Function,
+        event: &EventRecord,
+    ) -> Result<bool, EngineError> {
+        let Some(path) = &function.idempotency else {
+            return Ok(true);
+        };
+        let Some(value) = crate::function::lookup(&event.to_json(), path)
+            .filter(|v| !v.is_null())
+            .cloned()
+        else {
+            return Ok(true);
+        };
+        let key = format!("baton:run-key:{}:{value}", function.id);
+        let now = self.now();
+        let window =
+            chrono::Duration::from_std(self.limits().idempotency_window).unwrap_or_default();
+        let holder = self
+            .store()
+            .claim_idempotency_id(&key, &event.id, now, now + window)
+            .await?;
+        Ok(holder.is_none_or(|h| h == event.id))
     }
 
     /// A new run's start, and its deadline when the function has a finish timeout.
