@@ -543,6 +543,12 @@ fn function_json(f: &Function) -> Value {
         "steps": steps,
         "retries": f.retries,
         "concurrency": [],
+        "idempotency": f.idempotency,
+        "cancel_on": f.cancel_on.iter().map(|c| json!({"event": c.event, "match": c.path})).collect::<Vec<_>>(),
+        "timeouts": {
+            "start_s": f.start_timeout.map(seconds),
+            "finish_s": f.finish_timeout.map(seconds),
+        },
         "on_failure": f.has_failure_handler(),
         "failure_of": f.failure_of,
     })

@@ -77,6 +77,9 @@ fn registry() -> Registry {
         .register(
             Function::new("on-clip")
                 .trigger("clips/task.updated")
+                .idempotency("data.task_id")
+                .cancel_on("clips/task.cancelled", "data.task_id")
+                .finish_timeout(Duration::from_secs(600))
                 .handler(|_ctx: Ctx, ev: Event<Value>| async move { Ok(ev.data) }),
         )
         .unwrap()
@@ -1183,6 +1186,14 @@ async fn functions_are_listed_with_their_steps_and_triggers() {
     assert_eq!(other["name"], "Other function");
     assert_eq!(other["retries"], 1);
     assert_eq!(other["steps"], json!([]));
+    // Flow-control and timeout settings are listed.
+    let clip = by_id("on-clip");
+    assert_eq!(clip["idempotency"], "data.task_id", "{clip}");
+    assert_eq!(
+        clip["cancel_on"],
+        json!([{"event": "clips/task.cancelled", "match": "data.task_id"}])
+    );
+    assert_eq!(clip["timeouts"], json!({"start_s": null, "finish_s": 600}));
 }
 
 #[tokio::test]
