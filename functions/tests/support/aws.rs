@@ -9,7 +9,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -401,13 +400,4 @@ impl Consumers {
         }
         self.stats
     }
-}
-
-/// Counts per key, for summaries.
-pub fn tally<'a>(items: impl Iterator<Item = &'a str>) -> HashMap<&'a str, usize> {
-    let mut out = HashMap::new();
-    for i in items {
-        *out.entry(i).or_default() += 1;
-    }
-    out
 }

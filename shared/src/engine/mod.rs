@@ -94,9 +94,11 @@ struct Inline {
     deadline: tokio::time::Instant,
 }
 
-/// A step planned already claimed, to run in this invocation: its message (never sent).
+/// A step planned already claimed, to run in this invocation: its message (never sent) and
+/// its record as written.
 struct Inlined {
     message: Message,
+    record: StepRecord,
 }
 
 impl Engine {
@@ -408,25 +410,35 @@ impl Engine {
         }
     }
 
-    /// Cancels a run past its timeout, with the reason, as `DELETE /v1/runs/{id}` would.
-    async fn cancel_timed_out(&self, run: &RunRecord, error: ErrorInfo) -> Result<(), EngineError> {
-        self.journal_cache().forget(&run.run_id);
+    /// Cancels a live run (with the reason, if any) and emits `baton/function.cancelled`.
+    /// False when the run had already ended. What `DELETE /v1/runs/{id}`, a timeout and a
+    /// cancel event all do.
+    async fn cancel_run(
+        &self,
+        run: &RunRecord,
+        error: Option<ErrorInfo>,
+    ) -> Result<bool, EngineError> {
         let t = RunTransition {
             from: vec![RunStatus::Queued, RunStatus::Running],
             to: RunStatus::Cancelled,
             ended_at: Some(self.now()),
             output: None,
-            error: Some(error.clone()),
+            error: error.clone(),
         };
-        if self.store().transition_run(&run.run_id, &t).await? {
-            let data = json!({"function_id": run.function_id, "run_id": run.run_id, "error": error, "event": run.event.to_json()});
-            self.emit(
-                NewEvent::new(FUNCTION_CANCELLED, data)
-                    .with_id(format!("baton:cancelled:{}", run.run_id)),
-            )
-            .await?;
+        if !self.store().transition_run(&run.run_id, &t).await? {
+            return Ok(false);
         }
-        Ok(())
+        self.journal_cache().forget(&run.run_id);
+        let mut data = json!({"function_id": run.function_id, "run_id": run.run_id, "event": run.event.to_json()});
+        if let Some(error) = error {
+            data["error"] = json!(error);
+        }
+        self.emit(
+            NewEvent::new(FUNCTION_CANCELLED, data)
+                .with_id(format!("baton:cancelled:{}", run.run_id)),
+        )
+        .await?;
+        Ok(true)
     }
 
     fn new_run(
@@ -470,21 +482,22 @@ impl Engine {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(), EngineError> {
         let mut message = message;
-        let mut claimed = false;
+        let mut claimed = None;
         while let Some(next) = self.handle_one(message, deadline, claimed).await? {
             message = next.message;
-            claimed = true;
+            claimed = Some(next.record);
         }
         Ok(())
     }
 
     /// Handles one message; returns the next step when it is to run inline. `claimed`: the
-    /// message's step was planned already started by this invocation (no attempt start).
+    /// message's step as this invocation planned it, already started (no attempt start, no
+    /// read of what was just written).
     async fn handle_one(
         &self,
         message: Message,
         deadline: Option<tokio::time::Instant>,
-        claimed: bool,
+        claimed: Option<StepRecord>,
     ) -> Result<Option<Inlined>, EngineError> {
         let now = self.now();
         if let Some(due) = message.not_before.filter(|due| *due > now) {
@@ -519,7 +532,7 @@ impl Engine {
             return self.fail_run(&run, error).await.map(|()| None);
         };
         if let Some(error) = self.timed_out(&function, &run, now) {
-            return self.cancel_timed_out(&run, error).await.map(|()| None);
+            return self.cancel_run(&run, Some(error)).await.map(|_| None);
         }
         if message.kind == MessageKind::Deadline {
             // Not due yet by this clock: it is re-sent for when it is.
@@ -557,7 +570,7 @@ impl Engine {
             } => Some(Target {
                 step_id: step_id.clone(),
                 attempt: *attempt,
-                claimed,
+                claimed: claimed.is_some(),
             }),
             MessageKind::Wake { step_id } => {
                 let sleep = match journal.iter().find(|s| &s.step_id == step_id) {
@@ -579,7 +592,7 @@ impl Engine {
                             .await
                             .map(|()| None);
                     }
-                    store
+                    let recorded = store
                         .finish_step(
                             &run.run_id,
                             step_id,
@@ -587,14 +600,30 @@ impl Engine {
                             now,
                         )
                         .await?;
-                    // The replay reads the sleep again, as recorded now.
                     journal.retain(|s| &s.step_id != step_id);
-                    partial = true;
+                    if recorded {
+                        // The replay sees the sleep as this call recorded it.
+                        let done = StepRecord {
+                            status: StepStatus::Completed,
+                            output: Some(Value::Null),
+                            ended_at: Some(now),
+                            ..sleep
+                        };
+                        self.journal_cache().remember(&run.run_id, [&done]);
+                        journal.push(done);
+                    } else {
+                        // Another handler recorded it: the replay reads it.
+                        partial = true;
+                    }
                 }
                 None
             }
             MessageKind::Start | MessageKind::Redrive | MessageKind::Deadline => None,
         };
+        if let Some(record) = claimed {
+            journal.retain(|s| s.step_id != record.step_id);
+            journal.push(record);
+        }
         let woken = match &message.kind {
             MessageKind::Wake { step_id } => Some(step_id.clone()),
             _ => None,
@@ -627,6 +656,7 @@ impl Engine {
         let next = self
             .conclude(
                 &run,
+                &function,
                 pass,
                 message.kind == MessageKind::Redrive,
                 inline.as_ref(),
@@ -638,7 +668,7 @@ impl Engine {
             let ctx = Ctx::new(
                 self.clone(),
                 run.clone(),
-                function,
+                function.clone(),
                 journal,
                 false,
                 None,
@@ -646,7 +676,9 @@ impl Engine {
                 self.now(),
             );
             let pass = ctx.share().run_pass(handler(ctx, run.event.clone())).await;
-            return self.conclude(&run, pass, false, inline.as_ref()).await;
+            return self
+                .conclude(&run, &function, pass, false, inline.as_ref())
+                .await;
         }
         Ok(next)
     }
@@ -654,6 +686,7 @@ impl Engine {
     async fn conclude(
         &self,
         run: &RunRecord,
+        function: &Function,
         pass: PassResult,
         redrive: bool,
         inline: Option<&Inline>,
@@ -670,7 +703,6 @@ impl Engine {
         if let Some(error) = pass.interrupted {
             return Err(error);
         }
-        let function = self.registry().get(&run.function_id).cloned();
         if let Some(progress) = pass.progress.filter(|p| Some(p) != run.progress.as_ref()) {
             store.set_progress(&run.run_id, &progress).await?;
         }
@@ -713,10 +745,9 @@ impl Engine {
                 // the same queue, due now and its timeout fits: it is planned already claimed
                 // (Running, attempt 1: one write instead of a plan and an attempt start) and
                 // its message is not sent.
-                let inline_step = match (inline, function.as_deref(), pass.pending.as_slice()) {
+                let inline_step = match (inline, pass.pending.as_slice()) {
                     (
                         Some(inline),
-                        Some(function),
                         [
                             Pending {
                                 record,
@@ -748,6 +779,7 @@ impl Engine {
                             self.send(batch).await?;
                             return Ok(Some(Inlined {
                                 message: self.continuation(run, &record).message,
+                                record,
                             }));
                         }
                     } else if is_new {
@@ -757,7 +789,7 @@ impl Engine {
                     } else if redrive
                         || (record.attempts == 0
                             && matches!(record.status, StepStatus::Planned | StepStatus::Sleeping))
-                        || self.executor_is_gone(function.as_deref(), &record, now)
+                        || executor_is_gone(function, &record, now)
                     {
                         unstarted.push(self.continuation(run, &record));
                     }
@@ -772,29 +804,6 @@ impl Engine {
                 Ok(None)
             }
         }
-    }
-
-    /// A started step whose handler must have died: its attempt began longer ago than the
-    /// step's timeout plus [`EXECUTOR_GRACE`] (no handler runs a step longer than that).
-    fn executor_is_gone(
-        &self,
-        function: Option<&Function>,
-        step: &StepRecord,
-        now: DateTime<Utc>,
-    ) -> bool {
-        let (Some(function), Some(started)) = (function, step.started_at) else {
-            return false;
-        };
-        if step.status != StepStatus::Running {
-            return false;
-        }
-        let timeout = function
-            .steps
-            .get(&step.name)
-            .map_or(Duration::ZERO, |c| c.timeout);
-        let limit =
-            chrono::Duration::from_std(timeout + EXECUTOR_GRACE).unwrap_or(chrono::TimeDelta::MAX);
-        now - started > limit
     }
 
     /// The message that moves a pending step on.
@@ -917,14 +926,7 @@ impl Engine {
             .get_run(run_id)
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))?;
-        let t = RunTransition {
-            from: vec![RunStatus::Queued, RunStatus::Running],
-            to: RunStatus::Cancelled,
-            ended_at: Some(self.now()),
-            output: None,
-            error: None,
-        };
-        if !self.store().transition_run(run_id, &t).await? {
+        if !self.cancel_run(&run, None).await? {
             let status = self
                 .store()
                 .get_run(run_id)
@@ -935,12 +937,6 @@ impl Engine {
                 status.as_str()
             )));
         }
-        let data =
-            json!({"function_id": run.function_id, "run_id": run_id, "event": run.event.to_json()});
-        self.emit(
-            NewEvent::new(FUNCTION_CANCELLED, data).with_id(format!("baton:cancelled:{run_id}")),
-        )
-        .await?;
         self.store()
             .get_run(run_id)
             .await?
@@ -1015,10 +1011,7 @@ impl Engine {
                 )
                 .await?;
             for run in live.iter().filter(|r| cancel_on.matches(event, &r.event)) {
-                match self.cancel(&run.run_id).await {
-                    Ok(_) | Err(EngineError::Conflict(_)) => {}
-                    Err(e) => return Err(e),
-                }
+                self.cancel_run(run, None).await?;
             }
         }
         Ok(())
@@ -1154,6 +1147,24 @@ impl Engine {
         self.send(batch).await?;
         Ok(count)
     }
+}
+
+/// A started step whose handler must have died: its attempt began longer ago than the
+/// step's timeout plus [`EXECUTOR_GRACE`] (no handler runs a step longer than that).
+fn executor_is_gone(function: &Function, step: &StepRecord, now: DateTime<Utc>) -> bool {
+    let Some(started) = step.started_at else {
+        return false;
+    };
+    if step.status != StepStatus::Running {
+        return false;
+    }
+    let timeout = function
+        .steps
+        .get(&step.name)
+        .map_or(Duration::ZERO, |c| c.timeout);
+    let limit =
+        chrono::Duration::from_std(timeout + EXECUTOR_GRACE).unwrap_or(chrono::TimeDelta::MAX);
+    now - started > limit
 }
 
 fn start_message(run: &RunRecord) -> Message {

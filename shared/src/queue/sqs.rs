@@ -14,13 +14,12 @@
 //! pulls in no HTTP or TLS stack of its own.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::SqsMessage;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
@@ -544,11 +543,14 @@ impl Queue for SqsQueue {
     }
 }
 
-/// Lambda's SQS event source mapping, reproduced against any SQS endpoint: receives a batch
-/// from one queue, hands it to a handler as the [`SqsEvent`] Lambda would build, and deletes
-/// only the messages the handler did not report as failed; those come back after the
-/// visibility timeout, as on Lambda. Tests and benchmarks drive the generated handlers' code
-/// with it against moto; it also runs a deployment's handlers outside Lambda.
+/// Lambda's SQS event source mapping, reproduced against any SQS endpoint: [`receive`]
+/// gives a batch as the records of the `SqsEvent` Lambda would build, [`delete`] removes the
+/// ones a handler did not report as failed (the others come back after the visibility
+/// timeout, as on Lambda). Tests and benchmarks drive the handlers' code with it against
+/// moto (`functions/tests/support/aws.rs`).
+///
+/// [`receive`]: SqsTrigger::receive
+/// [`delete`]: SqsTrigger::delete
 #[derive(Debug, Clone)]
 pub struct SqsTrigger {
     client: Client,
@@ -560,14 +562,6 @@ pub struct SqsTrigger {
     pub batch_size: i32,
     /// Seconds a received message stays hidden before it is delivered again.
     pub visibility_timeout: i32,
-}
-
-/// What one [`SqsTrigger::deliver`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delivery {
-    pub received: usize,
-    /// Message ids the handler reported as failed (left on the queue).
-    pub failed: Vec<String>,
 }
 
 impl SqsTrigger {
@@ -674,34 +668,6 @@ impl SqsTrigger {
             }
         }
         Ok(())
-    }
-
-    /// One poll: receive a batch, call `handler` with it (nothing when the queue is empty),
-    /// delete what it did not report as failed.
-    pub async fn deliver<F, Fut>(&self, wait: Duration, handler: F) -> Result<Delivery, QueueError>
-    where
-        F: FnOnce(SqsEvent) -> Fut,
-        Fut: Future<Output = SqsBatchResponse>,
-    {
-        let records = self.receive(wait).await?;
-        if records.is_empty() {
-            return Ok(Delivery::default());
-        }
-        let received = records.len();
-        let mut event = SqsEvent::default();
-        event.records = records.clone();
-        let response = handler(event).await;
-        let failed: Vec<String> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.clone())
-            .collect();
-        let done: Vec<SqsMessage> = records
-            .into_iter()
-            .filter(|r| !failed.iter().any(|id| Some(id) == r.message_id.as_ref()))
-            .collect();
-        self.delete(&done).await?;
-        Ok(Delivery { received, failed })
     }
 }
 
