@@ -50,18 +50,20 @@ impl Drop for DevServer {
     }
 }
 
+/// An HTTP client. reqwest's rustls has no crypto provider built in (the CLI installs
+/// aws-lc-rs, the one the AWS SDK builds anyway): install it before building one.
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 async fn post(url: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = http().post(url).json(&body).send().await.unwrap();
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
 async fn get(url: &str) -> Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
+    http().get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// The one run an event started, once it exists.
@@ -218,7 +220,7 @@ async fn a_run_killed_with_sigkill_mid_sleep_finishes_after_restart() {
 async fn bad_events_get_the_contract_errors_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = DevServer::start(&dir.path().join("baton.db"));
-    let client = reqwest::Client::new();
+    let client = http();
     let url = format!("{}/e/k", server.url);
     let malformed = client.post(&url).body("{not json").send().await.unwrap();
     assert_eq!(malformed.status().as_u16(), 400);
