@@ -1663,19 +1663,21 @@ async fn replays_action(
         .engine
         .replay_many(function_id, status, Some(after), before)
         .await?;
-    let mut listed = String::new();
+    let mut shown = Vec::new();
     for id in new_runs.iter().take(REPLAYS_LISTED) {
-        let _ = write!(
-            listed,
-            "<li><a class=\"mono\" href=\"/runs/{}\">{}</a></li>",
-            enc(id),
-            esc(id)
-        );
+        if let Some(run) = state.engine.store().get_run(id).await? {
+            shown.push(run);
+        }
     }
+    let mut listed = if shown.is_empty() {
+        String::new()
+    } else {
+        runs_table(&shown, state.engine.now())
+    };
     if new_runs.len() > REPLAYS_LISTED {
         let _ = write!(
             listed,
-            "<li>and {} more</li>",
+            "<p class=\"note\">and {} more (the first {REPLAYS_LISTED} are listed)</p>",
             new_runs.len() - REPLAYS_LISTED
         );
     }
@@ -1683,7 +1685,7 @@ async fn replays_action(
         "<div class=\"title\"><h1>Bulk replay</h1></div>\
          <p class=\"notice\" role=\"status\" id=\"replayed\" data-count=\"{n}\">Replayed {n} {status} run{plural} of \
          <a href=\"/functions/{f_enc}\">{f}</a> started between {after} and {before}.</p>\
-         <ul class=\"ids\">{listed}</ul>\
+         {listed}\
          <p><a href=\"/runs{runs_q}\">Runs of {f} »</a> · <a href=\"/replays{again_q}\">Another bulk replay</a></p>",
         n = new_runs.len(),
         status = status.as_str(),
