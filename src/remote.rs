@@ -90,10 +90,12 @@ impl Client {
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method.clone(), &url);
-        if path.starts_with("/v1") {
-            if let Some(key) = &self.signing_key {
-                request = request.bearer_auth(key);
-            }
+        if let Some(key) = self
+            .signing_key
+            .as_ref()
+            .filter(|_| path.starts_with("/v1"))
+        {
+            request = request.bearer_auth(key);
         }
         if let Some(body) = body {
             request = request.json(&body);

@@ -260,10 +260,10 @@ fn same_origin(headers: &HeaderMap) -> bool {
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    if let Some(site) = header_str("sec-fetch-site") {
-        if site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site") {
-            return false;
-        }
+    if header_str("sec-fetch-site").is_some_and(|site| {
+        site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site")
+    }) {
+        return false;
     }
     let Some(origin) = header_str(header::ORIGIN.as_str()) else {
         return true;

@@ -1045,7 +1045,7 @@ async fn cursor_paging_holds_at_100k_runs() {
     let store =
         Arc::new(SqliteStore::open(dir.path().join("runs.db"), Durability::Normal).unwrap());
     let base = Utc::now() - chrono::Duration::days(2);
-    let function = |i: usize| if i % 2 == 0 { "greet" } else { "other" };
+    let function = |i: usize| if i % 2 == 1 { "other" } else { "greet" };
     let status = |i: usize| RunStatus::ALL[i % 5];
     // Run i starts i ms after `base`: newest first is i descending.
     let records: Vec<RunRecord> = (0..RUNS)
