@@ -219,6 +219,29 @@ pub enum StepOutcome {
     Failed(ErrorInfo),
 }
 
+/// A coordination entry (see [`crate::store::Store::put_entry`]): `id` under `key`, with a
+/// version for optimistic updates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: String,
+    pub id: String,
+    pub value: Value,
+    /// Bumped by the writer: `Expect::Version(v)` then writes `v + 1`.
+    pub version: u64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The condition of an entry write or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Unconditional.
+    Any,
+    /// No unexpired entry with this key and id.
+    Absent,
+    /// An unexpired entry with exactly this version.
+    Version(u64),
+}
+
 /// A continuation: tiny, because all state is read from the store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
