@@ -9,7 +9,13 @@ use anyhow::Context as _;
 use baton::api::{self, Keys};
 use baton::local::{LocalOptions, LocalRuntime};
 use baton::store::sqlite::{Durability, SqliteStore};
+use baton_functions::fakes::{Fakes, WebhookTarget};
+use baton_functions::services::Services;
 use clap::{Parser, Subcommand};
+
+/// The clip webhook secret `baton dev` uses with its fake clip service when
+/// BATON_WEBHOOK_SECRET_CLIPS is not set.
+const DEV_CLIPS_SECRET: &str = "dev-clips-secret";
 
 #[derive(Parser)]
 #[command(
@@ -110,20 +116,43 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let store = SqliteStore::open(&args.db, args.durability)
         .with_context(|| format!("opening the store at {}", args.db.display()))?;
-    let runtime = LocalRuntime::start(
-        baton_functions::registry(),
-        Arc::new(store),
-        LocalOptions::default(),
-    )
-    .await
-    .context("starting the local runtime")?;
-    let keys = Keys::from_env(runtime.engine().registry());
-    let app = api::router(runtime.engine().clone(), keys);
+    // The examples' outside services: the built-in fakes unless BATON_{SERVICE}_URL is set.
+    let fakes = if Services::configured_in_env() {
+        None
+    } else {
+        let fakes = match Fakes::start_on(baton_functions::FAKES_PORT).await {
+            Ok(fakes) => fakes,
+            Err(_) => Fakes::start().await.context("starting the fake services")?,
+        };
+        Some(fakes)
+    };
+    let registry = match &fakes {
+        Some(fakes) => baton_functions::registry_with(Services::at(&fakes.base_url)),
+        None => baton_functions::registry(),
+    };
+    let runtime = LocalRuntime::start(registry, Arc::new(store), LocalOptions::default())
+        .await
+        .context("starting the local runtime")?;
+    let mut keys = Keys::from_env(runtime.engine().registry());
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let url = format!("http://{}", listener.local_addr()?);
+    if let Some(fakes) = &fakes {
+        // The fake clip service calls back this server, signed with the source's secret.
+        let secret = keys
+            .webhook_secrets
+            .entry("clips".into())
+            .or_insert_with(|| DEV_CLIPS_SECRET.into())
+            .clone();
+        fakes.set_clip_webhook(WebhookTarget {
+            baton_url: url.clone(),
+            secret,
+        });
+        println!("Fake outside services: {}", fakes.base_url);
+    }
+    let app = api::router(runtime.engine().clone(), keys);
     println!(
         "Baton dev server: {url}  (store: {}, durability: {})",
         args.db.display(),
