@@ -141,8 +141,10 @@ async fn run(ctx: Ctx, req: ClipRequest, services: Arc<Services>) -> Result<Clip
     let app = services.app.clone();
     let record = json!({"video_id": req.video_id, "task_id": task_id, "clips": clips});
     let stored_as: String = ctx
-        .step("store-clips", |_| async move {
-            let stored: Value = app.post("/clips", &record, None).await?;
+        .step("store-clips", |s| async move {
+            let stored: Value = app
+                .post("/clips", &record, Some(&s.idempotency_key))
+                .await?;
             Ok::<_, StepError>(stored["id"].as_str().unwrap_or_default().to_owned())
         })
         .await?;

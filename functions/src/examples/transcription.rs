@@ -132,8 +132,10 @@ async fn transcribe(
     let app = services.app.clone();
     let record = json!({"video_id": video.video_id, "text": text});
     let transcript_id: String = ctx
-        .step("save-transcript", |_| async move {
-            let saved: Value = app.post("/transcripts", &record, None).await?;
+        .step("save-transcript", |s| async move {
+            let saved: Value = app
+                .post("/transcripts", &record, Some(&s.idempotency_key))
+                .await?;
             Ok::<_, StepError>(saved["id"].as_str().unwrap_or_default().to_owned())
         })
         .await?;

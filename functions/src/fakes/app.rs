@@ -1,6 +1,8 @@
 //! The app's own backend: `POST /{kind}` stores a JSON record (clips, transcripts,
 //! embeddings, notifications, usage, failures, ...) and answers `{"id"}`; `GET /{kind}/{id}`
-//! reads one back; `GET /videos/{id}` describes an uploaded video.
+//! reads one back; `GET /videos/{id}` describes an uploaded video. A store with an
+//! `Idempotency-Key` seen before answers the first one's id and stores nothing (a step body
+//! may run more than once; its writes must not double).
 
 use std::sync::Arc;
 
@@ -38,12 +40,25 @@ async fn video(State(state): State<Arc<FakeState>>, Path(id): Path<String>) -> R
 async fn store(
     State(state): State<Arc<FakeState>>,
     Path(kind): Path<String>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
     if let Some(fault) = state.enter(&format!("app/{kind}")).await {
         return fault;
     }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|k| format!("{kind}:{k}"));
+    if let Some(key) = &key {
+        if let Some(id) = state.lock().app_keys.get(key) {
+            return Json(json!({"id": id})).into_response();
+        }
+    }
     let id = format!("{kind}-{}", state.records(&kind).len() + 1);
+    if let Some(key) = key {
+        state.lock().app_keys.insert(key, id.clone());
+    }
     let mut record = body;
     if let Some(map) = record.as_object_mut() {
         map.insert("id".into(), json!(id));

@@ -46,6 +46,8 @@ struct Inner {
     calls: HashMap<String, u32>,
     /// App backend records by kind (`clips`, `transcripts`, `notifications`, ...).
     records: HashMap<String, Vec<Value>>,
+    /// `{kind}:{idempotency key}` -> the record id it created.
+    app_keys: HashMap<String, String>,
     clips: clips::Tasks,
 }
 
