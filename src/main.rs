@@ -62,6 +62,17 @@ struct DevArgs {
     /// process, may lose the last commits on power loss; faster.
     #[arg(long, env = "BATON_DURABILITY", default_value = "full")]
     durability: Durability,
+    /// Run a cron function on another schedule while developing, e.g.
+    /// `--cron 'order-report=*/10 * * * * *'` (every 10 s; a sixth leading field is seconds).
+    #[arg(long = "cron", value_name = "FUNCTION=PATTERN", value_parser = parse_cron_override)]
+    crons: Vec<(String, String)>,
+}
+
+fn parse_cron_override(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(id, pattern)| (id.trim().to_owned(), pattern.trim().to_owned()))
+        .filter(|(id, pattern)| !id.is_empty() && !pattern.is_empty())
+        .ok_or_else(|| format!("expected FUNCTION=PATTERN, got {s:?}"))
 }
 
 #[tokio::main]
@@ -130,6 +141,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         Some(fakes) => baton_functions::registry_with(Services::at(&fakes.base_url)),
         None => baton_functions::registry(),
     };
+    let mut registry = registry;
+    for (id, pattern) in &args.crons {
+        registry = registry.override_cron(id, pattern)?;
+    }
     let runtime = LocalRuntime::start(registry, Arc::new(store), LocalOptions::default())
         .await
         .context("starting the local runtime")?;
@@ -150,7 +165,6 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             baton_url: url.clone(),
             secret,
         });
-        println!("Fake outside services: {}", fakes.base_url);
     }
     let app = api::router(runtime.engine().clone(), keys);
     println!(
@@ -158,6 +172,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         args.db.display(),
         args.durability.as_str()
     );
+    if let Some(fakes) = &fakes {
+        println!(
+            "Outside services: fakes at {} (set BATON_<SERVICE>_URL to use real ones)",
+            fakes.base_url
+        );
+    }
     println!("Functions:");
     for function in runtime.engine().registry().functions() {
         let triggers: Vec<_> = function.triggers.iter().map(|t| t.event.as_str()).collect();

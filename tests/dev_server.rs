@@ -14,9 +14,14 @@ struct DevServer {
 
 impl DevServer {
     fn start(db: &std::path::Path) -> DevServer {
+        Self::start_with(db, &[])
+    }
+
+    fn start_with(db: &std::path::Path, extra: &[&str]) -> DevServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["dev", "--port", "0", "--durability", "normal", "--db"])
             .arg(db)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .env_remove("BATON_EVENT_KEY")
             .env_remove("BATON_SIGNING_KEY")
@@ -244,4 +249,59 @@ async fn bad_events_get_the_contract_errors_and_store_nothing() {
     assert_eq!(status, 413, "{body}");
     let runs = get(&format!("{}/v1/runs", server.url)).await;
     assert_eq!(runs["data"], json!([]));
+}
+
+#[tokio::test]
+async fn a_cron_trigger_fires_in_the_dev_server() {
+    let dir = tempfile::tempdir().unwrap();
+    // The daily report, every second for the test (`--cron` overrides a schedule in dev).
+    let server = DevServer::start_with(
+        &dir.path().join("baton.db"),
+        &["--cron", "order-report=* * * * * *"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let runs = get(&format!(
+            "{}/v1/runs?function_id=order-report&status=Completed",
+            server.url
+        ))
+        .await;
+        if let Some(run) = runs["data"].as_array().and_then(|r| r.first()) {
+            break run.clone();
+        }
+        assert!(Instant::now() < deadline, "no cron run within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        run["output"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("order report for 20")),
+        "{run:#}"
+    );
+    let event = get(&format!(
+        "{}/v1/runs/{}",
+        server.url,
+        run["run_id"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(
+        event["data"]["event"]["name"], "baton/scheduled",
+        "{event:#}"
+    );
+}
+
+#[tokio::test]
+async fn the_clip_example_runs_against_the_built_in_fakes_and_their_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(&dir.path().join("baton.db"));
+    let event = json!({"name": "clips/generate.requested", "data": {
+        "video_id": "v-dev", "creator_id": "c-dev",
+        "video_url": "https://cdn.example/v-dev.mp4", "mode": "webhook"}});
+    let (status, body) = post(&format!("{}/e/dev", server.url), event).await;
+    assert_eq!(status, 200, "{body}");
+    let run_id = run_of(&server, body["ids"][0].as_str().unwrap()).await;
+    let run = wait_until(&server, &run_id, Duration::from_secs(30), ended).await;
+    assert_eq!(run["status"], "Completed", "{run:#}");
+    assert_eq!(run["output"]["clips"], 3);
+    assert_eq!(step(&run, "task-finished")["kind"], "Wait");
 }

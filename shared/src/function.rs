@@ -658,6 +658,29 @@ impl Registry {
         Ok(self)
     }
 
+    /// Replaces the cron schedule of function `id` (what `baton dev --cron` does, to run a
+    /// daily job every few seconds while developing). The pattern is checked like
+    /// [`Function::cron`]'s.
+    pub fn override_cron(mut self, id: &str, pattern: &str) -> Result<Self, DefinitionError> {
+        let invalid = |problem: String| DefinitionError::Invalid {
+            function: id.to_owned(),
+            problem,
+        };
+        let index = *self
+            .by_id
+            .get(id)
+            .ok_or_else(|| invalid("is not registered".into()))?;
+        if let Err(e) = croner::Cron::from_str(pattern) {
+            return Err(invalid(format!("cron pattern {pattern:?}: {e}")));
+        }
+        let function = Arc::make_mut(&mut self.functions[index]);
+        if function.crons.is_empty() {
+            return Err(invalid("has no cron trigger to override".into()));
+        }
+        function.crons = vec![pattern.to_owned()];
+        Ok(self)
+    }
+
     pub fn webhook_source(&self, source: &str) -> Option<&crate::webhook::WebhookSource> {
         self.webhooks.iter().find(|w| w.source == source)
     }
