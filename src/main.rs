@@ -17,7 +17,13 @@ use anyhow::Context as _;
 use baton::api::{self, Keys};
 use baton::local::{LocalOptions, LocalRuntime};
 use baton::store::sqlite::{Durability, SqliteStore};
+use baton_functions::fakes::{Fakes, WebhookTarget};
+use baton_functions::services::Services;
 use clap::{Parser, Subcommand};
+
+/// The clip webhook secret `baton dev` uses with its fake clip service when
+/// BATON_WEBHOOK_SECRET_CLIPS is not set.
+const DEV_CLIPS_SECRET: &str = "dev-clips-secret";
 
 #[derive(Parser)]
 #[command(
@@ -182,6 +188,17 @@ struct DevArgs {
     /// process, may lose the last commits on power loss; faster.
     #[arg(long, env = "BATON_DURABILITY", default_value = "full")]
     durability: Durability,
+    /// Run a cron function on another schedule while developing, e.g.
+    /// `--cron 'order-report=*/10 * * * * *'` (every 10 s; a sixth leading field is seconds).
+    #[arg(long = "cron", value_name = "FUNCTION=PATTERN", value_parser = parse_cron_override)]
+    crons: Vec<(String, String)>,
+}
+
+fn parse_cron_override(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(id, pattern)| (id.trim().to_owned(), pattern.trim().to_owned()))
+        .filter(|(id, pattern)| !id.is_empty() && !pattern.is_empty())
+        .ok_or_else(|| format!("expected FUNCTION=PATTERN, got {s:?}"))
 }
 
 #[tokio::main]
@@ -275,25 +292,57 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let store = SqliteStore::open(&args.db, args.durability)
         .with_context(|| format!("opening the store at {}", args.db.display()))?;
-    let runtime = LocalRuntime::start(
-        baton_functions::registry(),
-        Arc::new(store),
-        LocalOptions::default(),
-    )
-    .await
-    .context("starting the local runtime")?;
-    let keys = Keys::from_env(runtime.engine().registry());
-    let app = api::router(runtime.engine().clone(), keys);
+    // The examples' outside services: the built-in fakes unless BATON_{SERVICE}_URL is set.
+    let fakes = if Services::configured_in_env() {
+        None
+    } else {
+        let fakes = match Fakes::start_on(baton_functions::FAKES_PORT).await {
+            Ok(fakes) => fakes,
+            Err(_) => Fakes::start().await.context("starting the fake services")?,
+        };
+        Some(fakes)
+    };
+    let registry = match &fakes {
+        Some(fakes) => baton_functions::registry_with(Services::at(&fakes.base_url)),
+        None => baton_functions::registry(),
+    };
+    let mut registry = registry;
+    for (id, pattern) in &args.crons {
+        registry = registry.override_cron(id, pattern)?;
+    }
+    let runtime = LocalRuntime::start(registry, Arc::new(store), LocalOptions::default())
+        .await
+        .context("starting the local runtime")?;
+    let mut keys = Keys::from_env(runtime.engine().registry());
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let url = format!("http://{}", listener.local_addr()?);
+    if let Some(fakes) = &fakes {
+        // The fake clip service calls back this server, signed with the source's secret.
+        let secret = keys
+            .webhook_secrets
+            .entry("clips".into())
+            .or_insert_with(|| DEV_CLIPS_SECRET.into())
+            .clone();
+        fakes.set_clip_webhook(WebhookTarget {
+            baton_url: url.clone(),
+            secret,
+        });
+    }
+    let app = api::router(runtime.engine().clone(), keys);
     println!(
         "Baton dev server: {url}  (store: {}, durability: {})",
         args.db.display(),
         args.durability.as_str()
     );
+    if let Some(fakes) = &fakes {
+        println!(
+            "Outside services: fakes at {} (set BATON_<SERVICE>_URL to use real ones)",
+            fakes.base_url
+        );
+    }
     println!("Functions:");
     for function in runtime.engine().registry().functions() {
         let triggers: Vec<_> = function.triggers.iter().map(|t| t.event.as_str()).collect();

@@ -69,9 +69,6 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("--url must be an http:// or https:// URL, got {url:?}");
         }
-        // reqwest's rustls needs a process-wide crypto provider; another one installed
-        // first is fine too.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = reqwest::Client::builder()
             .user_agent(concat!("baton-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))

@@ -14,9 +14,14 @@ struct DevServer {
 
 impl DevServer {
     fn start(db: &std::path::Path) -> DevServer {
+        Self::start_with(db, &[])
+    }
+
+    fn start_with(db: &std::path::Path, extra: &[&str]) -> DevServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["dev", "--port", "0", "--durability", "normal", "--db"])
             .arg(db)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .env_remove("BATON_EVENT_KEY")
             .env_remove("BATON_SIGNING_KEY")
@@ -50,20 +55,18 @@ impl Drop for DevServer {
     }
 }
 
-/// An HTTP client. reqwest's rustls has no crypto provider built in (the CLI installs
-/// aws-lc-rs, the one the AWS SDK builds anyway): install it before building one.
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    reqwest::Client::new()
-}
-
 async fn post(url: &str, body: Value) -> (u16, Value) {
-    let resp = http().post(url).json(&body).send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
 async fn get(url: &str) -> Value {
-    http().get(url).send().await.unwrap().json().await.unwrap()
+    reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
 /// The one run an event started, once it exists.
@@ -220,7 +223,7 @@ async fn a_run_killed_with_sigkill_mid_sleep_finishes_after_restart() {
 async fn bad_events_get_the_contract_errors_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = DevServer::start(&dir.path().join("baton.db"));
-    let client = http();
+    let client = reqwest::Client::new();
     let url = format!("{}/e/k", server.url);
     let malformed = client.post(&url).body("{not json").send().await.unwrap();
     assert_eq!(malformed.status().as_u16(), 400);
@@ -246,4 +249,59 @@ async fn bad_events_get_the_contract_errors_and_store_nothing() {
     assert_eq!(status, 413, "{body}");
     let runs = get(&format!("{}/v1/runs", server.url)).await;
     assert_eq!(runs["data"], json!([]));
+}
+
+#[tokio::test]
+async fn a_cron_trigger_fires_in_the_dev_server() {
+    let dir = tempfile::tempdir().unwrap();
+    // The daily report, every second for the test (`--cron` overrides a schedule in dev).
+    let server = DevServer::start_with(
+        &dir.path().join("baton.db"),
+        &["--cron", "order-report=* * * * * *"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let runs = get(&format!(
+            "{}/v1/runs?function_id=order-report&status=Completed",
+            server.url
+        ))
+        .await;
+        if let Some(run) = runs["data"].as_array().and_then(|r| r.first()) {
+            break run.clone();
+        }
+        assert!(Instant::now() < deadline, "no cron run within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        run["output"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("order report for 20")),
+        "{run:#}"
+    );
+    let event = get(&format!(
+        "{}/v1/runs/{}",
+        server.url,
+        run["run_id"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(
+        event["data"]["event"]["name"], "baton/scheduled",
+        "{event:#}"
+    );
+}
+
+#[tokio::test]
+async fn the_clip_example_runs_against_the_built_in_fakes_and_their_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(&dir.path().join("baton.db"));
+    let event = json!({"name": "clips/generate.requested", "data": {
+        "video_id": "v-dev", "creator_id": "c-dev",
+        "video_url": "https://cdn.example/v-dev.mp4", "mode": "webhook"}});
+    let (status, body) = post(&format!("{}/e/dev", server.url), event).await;
+    assert_eq!(status, 200, "{body}");
+    let run_id = run_of(&server, body["ids"][0].as_str().unwrap()).await;
+    let run = wait_until(&server, &run_id, Duration::from_secs(30), ended).await;
+    assert_eq!(run["status"], "Completed", "{run:#}");
+    assert_eq!(run["output"]["clips"], 3);
+    assert_eq!(step(&run, "task-finished")["kind"], "Wait");
 }

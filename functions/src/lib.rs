@@ -5,17 +5,41 @@
 
 pub mod aws;
 pub mod examples;
+pub mod fakes;
 pub mod generate;
+pub mod services;
+
+use std::sync::Arc;
 
 use baton::Registry;
 use baton::webhook::WebhookSource;
 
-/// Every function of the app, failure handlers included, and the outside services that call
-/// back.
+use services::Services;
+
+/// Where `baton dev` serves the fake outside services, and where the examples look for them
+/// when `BATON_{SERVICE}_URL` is not set.
+pub const FAKES_PORT: u16 = 8290;
+
+/// Every function of the app, with the outside services from the environment
+/// ([`Services::from_env`]; unset ones at the fakes `baton dev` runs on [`FAKES_PORT`]).
 pub fn registry() -> Registry {
+    registry_with(Services::from_env(&format!(
+        "http://127.0.0.1:{FAKES_PORT}"
+    )))
+}
+
+/// Every function of the app, failure handlers included, and the outside services that call
+/// back, with the examples calling `services`.
+pub fn registry_with(services: Services) -> Registry {
+    let services = Arc::new(services);
+    use examples::{clips, transcription};
     Registry::new()
         .register(examples::order::function())
         .and_then(|r| r.register(examples::order::daily_report()))
+        .and_then(|r| r.register(clips::function(services.clone())))
+        .and_then(|r| r.register(transcription::transcribe_video(services.clone())))
+        .and_then(|r| r.register(transcription::generate_embeddings(services.clone())))
+        .and_then(|r| r.register(transcription::batch_reprocess(services.clone())))
         .expect("the example functions are valid")
         // The clip service's task callbacks (`clips/task.updated`), signed over
         // `{timestamp}.{body}`; secret in BATON_WEBHOOK_SECRET_CLIPS.

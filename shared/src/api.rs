@@ -554,7 +554,11 @@ fn function_json(f: &Function) -> Value {
         "triggers": triggers,
         "steps": steps,
         "retries": f.retries,
-        "concurrency": [],
+        "concurrency": f.flow.concurrency.iter().map(|c| json!({"limit": c.limit, "key": c.key})).collect::<Vec<_>>(),
+        "throttle": f.flow.throttle.as_ref().map(|r| json!({"limit": r.limit, "period_s": seconds(r.period), "key": r.key})),
+        "rate_limit": f.flow.rate_limit.as_ref().map(|r| json!({"limit": r.limit, "period_s": seconds(r.period), "key": r.key})),
+        "debounce": f.flow.debounce.as_ref().map(|d| json!({"period_s": seconds(d.period), "key": d.key})),
+        "waits_for": f.waits.iter().map(|(event, field)| json!({"event": event, "match": field})).collect::<Vec<_>>(),
         "idempotency": f.idempotency,
         "cancel_on": f.cancel_on.iter().map(|c| json!({"event": c.event, "match": c.path})).collect::<Vec<_>>(),
         "timeouts": {

@@ -615,6 +615,41 @@ impl<S: Store + ?Sized> Store for ChaosStore<S> {
         leave(fault, r)
     }
 
+    async fn put_entry(
+        &self,
+        entry: &crate::model::Entry,
+        expect: crate::model::Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let fault = self.enter("put_entry").await?;
+        leave(fault, self.inner.put_entry(entry, expect, now).await)
+    }
+
+    async fn list_entries(
+        &self,
+        key: &str,
+        prefix: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::model::Entry>> {
+        let fault = self.enter("list_entries").await?;
+        leave(
+            fault,
+            self.inner.list_entries(key, prefix, now, limit).await,
+        )
+    }
+
+    async fn delete_entry(
+        &self,
+        key: &str,
+        id: &str,
+        expect: crate::model::Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let fault = self.enter("delete_entry").await?;
+        leave(fault, self.inner.delete_entry(key, id, expect, now).await)
+    }
+
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool> {
         let fault = self.enter("plan_step").await?;
         leave(fault, self.inner.plan_step(step).await)

@@ -1194,12 +1194,51 @@ fn triggers_html(f: &Function) -> String {
     }
 }
 
-/// Retries, concurrency, idempotency, cancel-on, timeouts, failure handler.
+/// ` per <code>key</code>`, or nothing without a key.
+fn per_key(key: &Option<String>) -> String {
+    key.as_ref()
+        .map_or_else(String::new, |k| format!(" per <code>{}</code>", esc(k)))
+}
+
+/// Retries, concurrency, throttle, rate limit, debounce, idempotency, cancel-on, waits,
+/// timeouts, failure handler.
 fn flow_control(f: &Function) -> Vec<(&'static str, String)> {
+    let flow = &f.flow;
     let mut out = vec![
         ("Retries", format!("{} per step (default)", f.retries)),
-        ("Concurrency", "no limit".to_string()),
+        (
+            "Concurrency",
+            flow.concurrency.as_ref().map_or_else(
+                || "no limit".to_string(),
+                |c| format!("{} at once{}", c.limit, per_key(&c.key)),
+            ),
+        ),
     ];
+    if let Some(t) = &flow.throttle {
+        out.push((
+            "Throttle",
+            format!("{} per {}{}", t.limit, secs(t.period), per_key(&t.key)),
+        ));
+    }
+    if let Some(r) = &flow.rate_limit {
+        out.push((
+            "Rate limit",
+            format!("{} per {}{}", r.limit, secs(r.period), per_key(&r.key)),
+        ));
+    }
+    if let Some(d) = &flow.debounce {
+        out.push(("Debounce", format!("{}{}", secs(d.period), per_key(&d.key))));
+    }
+    for (event, field) in &f.waits {
+        out.push((
+            "Waits for",
+            format!(
+                "<code>{}</code> matching <code>{}</code>",
+                esc(event),
+                esc(field)
+            ),
+        ));
+    }
     if let Some(key) = &f.idempotency {
         out.push((
             "Idempotency",

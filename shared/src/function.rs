@@ -45,6 +45,65 @@ pub const FUNCTION_CANCELLED: &str = "baton/function.cancelled";
 /// Name of the event a cron trigger fires: `{"function_id", "scheduled_at"}`, one event id per
 /// function and scheduled time, so a tick fired twice (two schedulers, a retry) runs once.
 pub const SCHEDULED: &str = "baton/scheduled";
+/// Name of the event [`crate::Ctx::invoke`] sends to start a child run: its `data` is the
+/// payload plus [`INVOKE_META`] `{"function_id", "parent_run_id"}`; it starts only that function.
+pub const FUNCTION_INVOKED: &str = "baton/function.invoked";
+/// Name of the event emitted when an invoked run ends: `{"function_id", "run_id", "status",
+/// "output" | "error"}`. The parent's wait matches it on `data.run_id`.
+pub const FUNCTION_FINISHED: &str = "baton/function.finished";
+/// The field of an invoked run's event data that says who invoked it.
+pub const INVOKE_META: &str = "_baton";
+
+/// The largest concurrency limit, and the largest throttle or rate-limit count.
+pub const MAX_FLOW_LIMIT: u32 = 1000;
+/// The longest throttle, rate-limit or debounce period.
+pub const MAX_FLOW_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// At most `limit` runs of the function at once per value of the event's field at `key`
+/// (all runs share one limit without a key). A run holds its slot from its start to its end,
+/// sleeps and waits included; runs over the limit stay Queued and start in order as slots free.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Concurrency {
+    pub limit: u32,
+    pub key: Option<String>,
+}
+
+/// `limit` runs per `period` per key: for a throttle, runs over it start later (spaced
+/// evenly); for a rate limit, events over it start no run at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub limit: u32,
+    pub period: Duration,
+    pub key: Option<String>,
+}
+
+/// One run per key for a burst of events: each event pushes the start back to `period`
+/// after it, and the run gets the last event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Debounce {
+    pub period: Duration,
+    pub key: Option<String>,
+}
+
+/// Flow control of one function ([`Function::concurrency`], [`Function::throttle`],
+/// [`Function::rate_limit`], [`Function::debounce`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowControl {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<Rate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Rate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<Debounce>,
+}
+
+impl FlowControl {
+    pub fn is_empty(&self) -> bool {
+        *self == FlowControl::default()
+    }
+}
 
 /// Resources and retry policy of one declared step: the unit that becomes its own handler
 /// binary, Lambda function and queue.
@@ -156,6 +215,9 @@ pub struct Function {
     /// A run not ended this long after its event is cancelled ([`Function::finish_timeout`]).
     pub finish_timeout: Option<Duration>,
     pub steps: BTreeMap<String, StepConfig>,
+    /// Events the code waits for, as `(event name, matched field)` ([`Function::waits_for`]).
+    pub waits: Vec<(String, String)>,
+    pub flow: FlowControl,
     /// Default retries for steps that do not set their own.
     pub retries: u32,
     /// For a failure handler: the id of the function whose failures it handles.
@@ -193,6 +255,8 @@ impl Function {
             start_timeout: None,
             finish_timeout: None,
             steps: BTreeMap::new(),
+            waits: Vec::new(),
+            flow: FlowControl::default(),
             retries: DEFAULT_RETRIES,
             failure_of: None,
             handler: None,
@@ -268,6 +332,53 @@ impl Function {
     /// nothing after it runs.
     pub fn finish_timeout(mut self, timeout: Duration) -> Self {
         self.finish_timeout = Some(timeout);
+        self
+    }
+
+    /// Declares that the code waits for `event` matched on its field at `field` (dotted, e.g.
+    /// `data.task_id`): events with that name are indexed by that field as they arrive, so a
+    /// wait finds one that came before it was registered. `ctx.wait_for_event` refuses
+    /// undeclared waits.
+    pub fn waits_for(mut self, event: impl Into<String>, field: impl Into<String>) -> Self {
+        self.waits.push((event.into(), field.into()));
+        self
+    }
+
+    /// At most `limit` runs at once per value of the event's field at `key` ([`Concurrency`]).
+    pub fn concurrency(mut self, limit: u32, key: Option<&str>) -> Self {
+        self.flow.concurrency = Some(Concurrency {
+            limit,
+            key: key.map(str::to_owned),
+        });
+        self
+    }
+
+    /// At most `limit` run starts per `period` per key; runs over it are delayed, not dropped.
+    pub fn throttle(mut self, limit: u32, period: Duration, key: Option<&str>) -> Self {
+        self.flow.throttle = Some(Rate {
+            limit,
+            period,
+            key: key.map(str::to_owned),
+        });
+        self
+    }
+
+    /// At most `limit` runs per `period` per key; events over it start no run (skipped).
+    pub fn rate_limit(mut self, limit: u32, period: Duration, key: Option<&str>) -> Self {
+        self.flow.rate_limit = Some(Rate {
+            limit,
+            period,
+            key: key.map(str::to_owned),
+        });
+        self
+    }
+
+    /// Starts one run per key `period` after the last of a burst of events, with that event.
+    pub fn debounce(mut self, period: Duration, key: Option<&str>) -> Self {
+        self.flow.debounce = Some(Debounce {
+            period,
+            key: key.map(str::to_owned),
+        });
         self
     }
 
@@ -372,6 +483,39 @@ where
     })
 }
 
+/// Checks flow-control settings against their limits.
+fn check_flow(flow: &FlowControl) -> Result<(), String> {
+    let key_ok = |key: &Option<String>| key.as_ref().is_none_or(|k| !k.is_empty());
+    let period_ok = |p: Duration| p >= Duration::from_secs(1) && p <= MAX_FLOW_PERIOD;
+    if let Some(c) = &flow.concurrency {
+        if c.limit == 0 || c.limit > MAX_FLOW_LIMIT || !key_ok(&c.key) {
+            return Err(format!(
+                "concurrency limit must be 1-{MAX_FLOW_LIMIT} with a non-empty key path"
+            ));
+        }
+    }
+    for (what, rate) in [
+        ("throttle", &flow.throttle),
+        ("rate_limit", &flow.rate_limit),
+    ] {
+        if let Some(r) = rate {
+            if r.limit == 0 || r.limit > MAX_FLOW_LIMIT || !period_ok(r.period) || !key_ok(&r.key) {
+                return Err(format!(
+                    "{what}: limit must be 1-{MAX_FLOW_LIMIT}, period 1 s to {MAX_FLOW_PERIOD:?}, key non-empty"
+                ));
+            }
+        }
+    }
+    if let Some(d) = &flow.debounce {
+        if !period_ok(d.period) || !key_ok(&d.key) {
+            return Err(format!(
+                "debounce: period must be 1 s to {MAX_FLOW_PERIOD:?}, key non-empty"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DefinitionError {
     #[error("function id {0:?} is registered twice")]
@@ -384,6 +528,8 @@ pub enum DefinitionError {
 #[derive(Clone, Default)]
 pub struct Registry {
     functions: Vec<Arc<Function>>,
+    /// Event name -> the fields waits match it on (every function's [`Function::waits_for`]).
+    waits: BTreeMap<String, std::collections::BTreeSet<String>>,
     webhooks: Vec<crate::webhook::WebhookSource>,
     by_id: HashMap<String, usize>,
 }
@@ -444,15 +590,19 @@ impl Registry {
                 "step name {bad:?}: names are 1-64 chars of [A-Za-z0-9_-]"
             )));
         }
+        check_flow(&function.flow).map_err(invalid)?;
+        if let Some((event, field)) = function
+            .waits
+            .iter()
+            .find(|(e, f)| e.is_empty() || f.is_empty())
+        {
+            return Err(invalid(format!(
+                "waits_for({event:?}, {field:?}): both the event and the field are required"
+            )));
+        }
         if let Some(on_failure) = function.on_failure.clone() {
             let handler_fn = Function {
-                id: format!("{}-failure", function.id),
                 name: format!("{} (on failure)", function.name),
-                crons: Vec::new(),
-                idempotency: None,
-                cancel_on: Vec::new(),
-                start_timeout: None,
-                finish_timeout: None,
                 triggers: vec![Trigger {
                     event: FUNCTION_FAILED.into(),
                     filter: Some((
@@ -464,8 +614,7 @@ impl Registry {
                 retries: function.retries,
                 failure_of: Some(function.id.clone()),
                 handler: Some(on_failure),
-                on_failure: None,
-                failure_steps: BTreeMap::new(),
+                ..Function::new(format!("{}-failure", function.id))
             };
             self = self.insert(handler_fn)?;
         }
@@ -475,6 +624,12 @@ impl Registry {
     fn insert(mut self, function: Function) -> Result<Self, DefinitionError> {
         if self.by_id.contains_key(&function.id) {
             return Err(DefinitionError::DuplicateId(function.id));
+        }
+        for (event, field) in &function.waits {
+            self.waits
+                .entry(event.clone())
+                .or_default()
+                .insert(field.clone());
         }
         self.by_id.insert(function.id.clone(), self.functions.len());
         self.functions.push(Arc::new(function));
@@ -500,6 +655,29 @@ impl Registry {
             return Err(invalid("is registered twice".into()));
         }
         self.webhooks.push(source);
+        Ok(self)
+    }
+
+    /// Replaces the cron schedule of function `id` (what `baton dev --cron` does, to run a
+    /// daily job every few seconds while developing). The pattern is checked like
+    /// [`Function::cron`]'s.
+    pub fn override_cron(mut self, id: &str, pattern: &str) -> Result<Self, DefinitionError> {
+        let invalid = |problem: String| DefinitionError::Invalid {
+            function: id.to_owned(),
+            problem,
+        };
+        let index = *self
+            .by_id
+            .get(id)
+            .ok_or_else(|| invalid("is not registered".into()))?;
+        if let Err(e) = croner::Cron::from_str(pattern) {
+            return Err(invalid(format!("cron pattern {pattern:?}: {e}")));
+        }
+        let function = Arc::make_mut(&mut self.functions[index]);
+        if function.crons.is_empty() {
+            return Err(invalid("has no cron trigger to override".into()));
+        }
+        function.crons = vec![pattern.to_owned()];
         Ok(self)
     }
 
@@ -535,13 +713,34 @@ impl Registry {
         out
     }
 
-    /// The functions an event starts, in registration order.
+    /// The fields waits match events named `event` on: declared ones, and `data.run_id` of
+    /// [`FUNCTION_FINISHED`] (what `invoke` waits for).
+    pub fn wait_fields<'a>(&'a self, event: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let builtin = (event == FUNCTION_FINISHED).then_some("data.run_id");
+        self.waits
+            .get(event)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .filter(move |f| Some(*f) != builtin)
+            .chain(builtin)
+    }
+
+    /// The functions an event starts, in registration order. [`FUNCTION_INVOKED`] starts only
+    /// the function it names.
     pub fn triggered_by<'a>(
         &'a self,
         event: &'a EventRecord,
     ) -> impl Iterator<Item = &'a Arc<Function>> + 'a {
-        self.functions
-            .iter()
-            .filter(move |f| f.triggers.iter().any(|t| t.matches(event)))
+        let invoked = (event.name == FUNCTION_INVOKED).then(|| {
+            lookup(&event.data, &format!("{INVOKE_META}.function_id"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        });
+        self.functions.iter().filter(move |f| match &invoked {
+            Some(id) => &f.id == id,
+            None => f.triggers.iter().any(|t| t.matches(event)),
+        })
     }
 }

@@ -33,7 +33,7 @@ pub mod queue;
 pub mod store;
 pub mod webhook;
 
-pub use engine::{Ctx, Engine, EngineConfig, Limits, NewEvent, StepCtx};
+pub use engine::{Ctx, Engine, EngineConfig, Limits, NewEvent, StepCtx, WaitFor};
 pub use error::{EngineError, Error, ErrorKind, StepError};
 pub use function::{Event, FailureData, Function, Registry, StepConfig};
 pub use model::{RunStatus, StepStatus};

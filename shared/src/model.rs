@@ -129,6 +129,9 @@ pub enum StepKind {
     Sleep,
     /// Events sent from function code, journaled so a replay never sends twice.
     SendEvent,
+    /// Waiting for an event (`wake_at`: the timeout); the output is the event, or null when
+    /// the wait timed out.
+    Wait,
 }
 
 impl StepKind {
@@ -137,12 +140,18 @@ impl StepKind {
             StepKind::Run => "Run",
             StepKind::Sleep => "Sleep",
             StepKind::SendEvent => "SendEvent",
+            StepKind::Wait => "Wait",
         }
     }
     pub fn parse(s: &str) -> Option<StepKind> {
-        [StepKind::Run, StepKind::Sleep, StepKind::SendEvent]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            StepKind::Run,
+            StepKind::Sleep,
+            StepKind::SendEvent,
+            StepKind::Wait,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -219,6 +228,29 @@ pub enum StepOutcome {
     Failed(ErrorInfo),
 }
 
+/// A coordination entry (see [`crate::store::Store::put_entry`]): `id` under `key`, with a
+/// version for optimistic updates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: String,
+    pub id: String,
+    pub value: Value,
+    /// Bumped by the writer: `Expect::Version(v)` then writes `v + 1`.
+    pub version: u64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The condition of an entry write or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Unconditional.
+    Any,
+    /// No unexpired entry with this key and id.
+    Absent,
+    /// An unexpired entry with exactly this version.
+    Version(u64),
+}
+
 /// A continuation: tiny, because all state is read from the store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
@@ -242,12 +274,15 @@ pub enum MessageKind {
         name: String,
         attempt: u32,
     },
-    /// A sleep is due.
+    /// A sleep is due, or a wait's event arrived or its timeout is due.
     Wake { step_id: String },
     /// Re-drive a run that may have lost a message (the sweeper, recovery after a crash).
     Redrive,
     /// The function's finish timeout is due: a run still going is cancelled.
     Deadline,
+    /// A debounced function's start is due: when `event_id` is still the last event of its
+    /// key, the run (`run_id`, not yet created) is created and started.
+    Debounce { event_id: String },
 }
 
 /// Where a message goes: a step's own queue, or the function's continue queue.

@@ -66,11 +66,24 @@ fn registry() -> Registry {
         .cancel_on("test/other.cancelled", "data.id")
         .finish_timeout(Duration::from_secs(600))
         .handler(|_ctx: Ctx, ev: Event<Value>| async move { Ok(ev.data) });
+    let limited = Function::new("limited")
+        .trigger("test/limited")
+        .concurrency(5, Some("data.customer"))
+        .throttle(10, Duration::from_secs(60), None)
+        .rate_limit(100, Duration::from_secs(3600), Some("data.customer"))
+        .waits_for("test/approved", "data.id")
+        .handler(|_ctx: Ctx, ev: Event<Value>| async move { Ok(ev.data) });
+    let debounced = Function::new("debounced")
+        .trigger("test/typed")
+        .debounce(Duration::from_secs(5), Some("data.doc"))
+        .handler(|_ctx: Ctx, ev: Event<Value>| async move { Ok(ev.data) });
     Registry::new()
         .register(greet)
         .and_then(|r| r.register(napper))
         .and_then(|r| r.register(failer))
         .and_then(|r| r.register(other))
+        .and_then(|r| r.register(limited))
+        .and_then(|r| r.register(debounced))
         .unwrap()
 }
 
@@ -324,6 +337,12 @@ async fn every_page_shows_real_data() {
         "Cancel on: <code>test/other.cancelled</code>",
         "Finish timeout: 10 m 0 s",
         "data-function=\"greet\"",
+        "Concurrency: no limit",
+        "Concurrency: 5 at once per <code>data.customer</code>",
+        "Throttle: 10 per 1 m 0 s",
+        "Rate limit: 100 per 1 h 0 m per <code>data.customer</code>",
+        "Waits for: <code>test/approved</code> matching <code>data.id</code>",
+        "Debounce: 5.0 s per <code>data.doc</code>",
     ] {
         assert!(page.text.contains(needle), "{needle:?} missing");
     }

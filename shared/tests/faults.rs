@@ -1241,6 +1241,32 @@ impl Store for Overwriting {
     async fn plan_step(&self, step: &StepRecord) -> baton::store::StoreResult<bool> {
         self.inner.plan_step(step).await
     }
+    async fn put_entry(
+        &self,
+        entry: &baton::model::Entry,
+        expect: baton::model::Expect,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> baton::store::StoreResult<bool> {
+        self.inner.put_entry(entry, expect, now).await
+    }
+    async fn list_entries(
+        &self,
+        key: &str,
+        prefix: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> baton::store::StoreResult<Vec<baton::model::Entry>> {
+        self.inner.list_entries(key, prefix, now, limit).await
+    }
+    async fn delete_entry(
+        &self,
+        key: &str,
+        id: &str,
+        expect: baton::model::Expect,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> baton::store::StoreResult<bool> {
+        self.inner.delete_entry(key, id, expect, now).await
+    }
     async fn begin_attempt(
         &self,
         run_id: &str,

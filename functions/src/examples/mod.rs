@@ -1,3 +1,5 @@
 //! Example workloads.
 
+pub mod clips;
 pub mod order;
+pub mod transcription;

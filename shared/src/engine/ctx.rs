@@ -16,9 +16,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use super::wait::{WAIT_LOOKBACK, WaitSpec, wait_key};
 use super::{Engine, NewEvent};
 use crate::error::{EngineError, Error, ErrorKind, StepError};
-use crate::function::Function;
+use crate::function::{Event, FUNCTION_FINISHED, FUNCTION_INVOKED, Function, INVOKE_META};
 use crate::model::{
     ErrorInfo, Message, MessageKind, Progress, RunRecord, StepKind, StepOutcome, StepRecord,
     StepStatus,
@@ -51,6 +52,54 @@ pub(crate) struct Pending {
     pub record: StepRecord,
     /// Not yet in the journal: plan it (and enqueue it when this handler wins the plan).
     pub is_new: bool,
+    /// For a wait: where it meets its event.
+    pub wait: Option<WaitSpec>,
+}
+
+/// What `ctx.wait_for_event` waits for: an event name, the field to match, and a timeout.
+///
+/// ```ignore
+/// let done: Option<Event<TaskUpdate>> = ctx
+///     .wait_for_event("wait-render", WaitFor::event("clips/task.updated", Duration::from_secs(3600))
+///         .matching("data.task_id", &task.id))
+///     .await?;
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitFor {
+    event: String,
+    timeout: Duration,
+    matching: Option<WaitMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum WaitMatch {
+    Value(String, Value),
+    RunEvent(String),
+}
+
+impl WaitFor {
+    /// Waits up to `timeout` for an event named `event` (it must also say what to match).
+    pub fn event(event: impl Into<String>, timeout: Duration) -> Self {
+        WaitFor {
+            event: event.into(),
+            timeout,
+            matching: None,
+        }
+    }
+
+    /// Only an event whose field at `field` (dotted, e.g. `data.task_id`) equals `value`.
+    pub fn matching(mut self, field: impl Into<String>, value: impl Serialize) -> Self {
+        let value = serde_json::to_value(value).unwrap_or(Value::Null);
+        self.matching = Some(WaitMatch::Value(field.into(), value));
+        self
+    }
+
+    /// Only an event whose field at `field` equals the same field of the run's own event
+    /// (Inngest's `match`).
+    pub fn matching_run_event(mut self, field: impl Into<String>) -> Self {
+        self.matching = Some(WaitMatch::RunEvent(field.into()));
+        self
+    }
 }
 
 /// Function code's handle on its run.
@@ -391,13 +440,20 @@ impl Ctx {
             }
             return self.block(record).await;
         }
+        self.check_wake_time("sleep", name, until)?;
+        let record = self.new_record(&step_id, name, StepKind::Sleep, Some(until));
+        self.block(record).await
+    }
+
+    /// A sleep or wait may last up to `max_sleep` and must end within the run's maximum age.
+    fn check_wake_time(&self, what: &str, name: &str, until: DateTime<Utc>) -> Result<(), Error> {
         let max = self.inner.engine.limits().max_sleep;
         let longest =
             self.inner.now + chrono::Duration::from_std(max).unwrap_or(chrono::TimeDelta::MAX);
         if until > longest {
             return Err(self.fail_definition(
                 "SleepTooLong",
-                format!("sleep {name:?} until {until} is longer than the limit of {max:?}"),
+                format!("{what} {name:?} until {until} is longer than the limit of {max:?}"),
             ));
         }
         let max_age = self.inner.engine.limits().max_run_age;
@@ -407,12 +463,177 @@ impl Ctx {
             return Err(self.fail_definition(
                 "SleepTooLong",
                 format!(
-                    "sleep {name:?} until {until} ends after the run's maximum age of {max_age:?} (at {end_of_life})"
+                    "{what} {name:?} until {until} ends after the run's maximum age of {max_age:?} (at {end_of_life})"
                 ),
             ));
         }
-        let record = self.new_record(&step_id, name, StepKind::Sleep, Some(until));
-        self.block(record).await
+        Ok(())
+    }
+
+    /// Waits durably for an event (see [`WaitFor`]); `None` when the timeout came first.
+    ///
+    /// Race-free: an event that arrived after the run started but before this wait was
+    /// registered (the outside service answered fast) is found. The `(event, field)` pair must
+    /// be declared with [`Function::waits_for`]. The timeout counts toward the same limits as a
+    /// sleep.
+    pub async fn wait_for_event<D: DeserializeOwned>(
+        &self,
+        name: &str,
+        wait: WaitFor,
+    ) -> Result<Option<Event<D>>, Error> {
+        let (field, value) = match wait.matching {
+            Some(WaitMatch::Value(field, value)) => (field, value),
+            Some(WaitMatch::RunEvent(field)) => {
+                let value = crate::function::lookup(&self.inner.run.event.to_json(), &field)
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                (field, value)
+            }
+            None => {
+                return Err(self.fail_definition(
+                    "InvalidWait",
+                    format!("wait {name:?} must say what to match (WaitFor::matching)"),
+                ));
+            }
+        };
+        let declared = self
+            .inner
+            .function
+            .waits
+            .iter()
+            .any(|(e, f)| *e == wait.event && *f == field);
+        if !declared {
+            return Err(self.fail_definition(
+                "UndeclaredWait",
+                format!(
+                    "wait {name:?} for {:?} on {field:?} is not declared on function {:?} (Function::waits_for)",
+                    wait.event, self.inner.function.id
+                ),
+            ));
+        }
+        let event = self
+            .wait_step(name, &wait.event, &field, value, wait.timeout)
+            .await?;
+        event
+            .map(|event| {
+                serde_json::from_value(event).map_err(|e| {
+                    Error::with_kind(
+                        ErrorKind::Definition,
+                        "EventTypeMismatch",
+                        format!("the event wait {name:?} received does not match its type: {e}"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// The wait step: the event as JSON, or `None` at the timeout.
+    async fn wait_step(
+        &self,
+        name: &str,
+        event: &str,
+        field: &str,
+        value: Value,
+        timeout: Duration,
+    ) -> Result<Option<Value>, Error> {
+        let (step_id, existing) = self.enter(name, StepKind::Wait).await?;
+        if let Some(done) = existing.as_ref().and_then(journaled::<Option<Value>>) {
+            return done;
+        }
+        if value.is_null() {
+            return Err(self.fail_definition(
+                "InvalidWait",
+                format!("wait {name:?} matches {field:?} on a missing or null value"),
+            ));
+        }
+        let spec = WaitSpec {
+            key: wait_key(event, field, &value),
+            since: self.inner.run.started_at - WAIT_LOOKBACK,
+        };
+        let record = match existing {
+            Some(record) => record,
+            None => {
+                let until = self.inner.now
+                    + chrono::Duration::from_std(timeout).unwrap_or(chrono::TimeDelta::MAX);
+                self.check_wake_time("wait", name, until)?;
+                self.new_record(&step_id, name, StepKind::Wait, Some(until))
+            }
+        };
+        self.block_on(record, Some(spec)).await
+    }
+
+    /// Runs function `function_id` as a child with `data` (a JSON object) and returns its
+    /// output, or its error as a failed step. The child is an ordinary run (its own retries,
+    /// flow control and status) started by a [`FUNCTION_INVOKED`] event; this run waits for
+    /// its [`FUNCTION_FINISHED`] event, at most `timeout` (then it fails with `InvokeTimedOut`).
+    /// Journaled as two entries: the event sent (`name`) and the wait (`{name}.finished`).
+    pub async fn invoke<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        function_id: &str,
+        data: impl Serialize,
+        timeout: Duration,
+    ) -> Result<T, Error> {
+        if self.inner.engine.registry().get(function_id).is_none() {
+            return Err(self.fail_definition(
+                "UnknownFunction",
+                format!("invoke {name:?}: function {function_id:?} is not registered"),
+            ));
+        }
+        let mut data = match serde_json::to_value(data) {
+            Ok(Value::Object(map)) => Value::Object(map),
+            _ => {
+                return Err(self.fail_definition(
+                    "InvalidInvokeData",
+                    format!("invoke {name:?}: data must serialize to a JSON object"),
+                ));
+            }
+        };
+        data[INVOKE_META] = serde_json::json!({
+            "function_id": function_id,
+            "parent_run_id": self.run_id(),
+        });
+        let ids = self
+            .send_events_step(name, vec![NewEvent::new(FUNCTION_INVOKED, data)], true)
+            .await?;
+        let event_id = ids.first().cloned().unwrap_or_default();
+        let child = super::run_id_for(&event_id, function_id);
+        let wait_name = format!("{name}.finished");
+        let finished = self
+            .wait_step(
+                &wait_name,
+                FUNCTION_FINISHED,
+                "data.run_id",
+                Value::String(child.clone()),
+                timeout,
+            )
+            .await?;
+        let step_id = format!("{}{wait_name}", self.scope);
+        let Some(finished) = finished else {
+            return Err(Error::with_kind(
+                ErrorKind::StepFailed { step_id },
+                "InvokeTimedOut",
+                format!("{function_id} run {child} did not finish within {timeout:?}"),
+            ));
+        };
+        let data = finished.get("data").cloned().unwrap_or(Value::Null);
+        if let Some(error) = data.get("error").filter(|e| !e.is_null()) {
+            let info: ErrorInfo = serde_json::from_value(error.clone())
+                .unwrap_or_else(|_| ErrorInfo::new("InvokeFailed", error.to_string()));
+            return Err(Error::with_kind(
+                ErrorKind::StepFailed { step_id },
+                info.name,
+                format!("{function_id} run {child}: {}", info.message),
+            ));
+        }
+        let output = data.get("output").cloned().unwrap_or(Value::Null);
+        serde_json::from_value(output).map_err(|e| {
+            Error::with_kind(
+                ErrorKind::Definition,
+                "OutputTypeMismatch",
+                format!("output of invoked {function_id} does not match its type: {e}"),
+            )
+        })
     }
 
     /// Sends events from function code, journaled: a replay returns the same event ids and
@@ -421,6 +642,16 @@ impl Ctx {
         &self,
         name: &str,
         events: Vec<NewEvent>,
+    ) -> Result<Vec<String>, Error> {
+        self.send_events_step(name, events, false).await
+    }
+
+    /// [`Ctx::send_event`]; `internal` allows the engine's own event names.
+    async fn send_events_step(
+        &self,
+        name: &str,
+        events: Vec<NewEvent>,
+        internal: bool,
     ) -> Result<Vec<String>, Error> {
         let (step_id, existing) = self.enter(name, StepKind::SendEvent).await?;
         if let Some(done) = existing.as_ref().and_then(journaled::<Vec<String>>) {
@@ -442,7 +673,7 @@ impl Ctx {
                 ev
             })
             .collect::<Vec<_>>();
-        let outcome = match engine.send_events(events).await {
+        let outcome = match engine.submit(events, internal).await {
             Ok(ids) => StepOutcome::Completed(Value::from(ids)),
             Err(EngineError::Invalid(msg)) => {
                 StepOutcome::Failed(ErrorInfo::new("InvalidEvent", msg))
@@ -582,10 +813,10 @@ impl Ctx {
             step_id: step_id.to_string(),
             name: name.to_string(),
             kind,
-            status: if kind == StepKind::Sleep {
-                StepStatus::Sleeping
-            } else {
-                StepStatus::Planned
+            status: match kind {
+                StepKind::Sleep => StepStatus::Sleeping,
+                StepKind::Wait => StepStatus::Waiting,
+                StepKind::Run | StepKind::SendEvent => StepStatus::Planned,
             },
             attempts: 0,
             seq,
@@ -600,6 +831,10 @@ impl Ctx {
 
     /// The run is blocked on this step: note it and never resolve.
     async fn block<T>(&self, record: StepRecord) -> T {
+        self.block_on(record, None).await
+    }
+
+    async fn block_on<T>(&self, record: StepRecord, wait: Option<WaitSpec>) -> T {
         {
             let mut state = self.state();
             if !state
@@ -608,7 +843,11 @@ impl Ctx {
                 .any(|p| p.record.step_id == record.step_id)
             {
                 let is_new = !state.journal.contains_key(&record.step_id);
-                state.pending.push(Pending { record, is_new });
+                state.pending.push(Pending {
+                    record,
+                    is_new,
+                    wait,
+                });
             }
         }
         std::future::pending().await

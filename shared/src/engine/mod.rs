@@ -8,6 +8,8 @@
 mod cache;
 mod config;
 mod ctx;
+mod flow;
+mod wait;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +21,16 @@ use ulid::Ulid;
 
 use cache::JournalCache;
 pub use config::{Backoff, Clock, EngineConfig, Limits};
-pub use ctx::{Ctx, StepCtx};
+pub use ctx::{Ctx, StepCtx, WaitFor};
 use ctx::{PassEnd, PassResult, Pending, Target};
+pub use flow::SLOT_RECHECK;
+pub use wait::WAIT_LOOKBACK;
 
 use crate::error::{EngineError, StepError};
-use crate::function::{FUNCTION_CANCELLED, FUNCTION_FAILED, Function, Registry, SCHEDULED};
+use crate::function::{
+    FUNCTION_CANCELLED, FUNCTION_FAILED, FUNCTION_FINISHED, FUNCTION_INVOKED, Function, Registry,
+    SCHEDULED,
+};
 use crate::model::{
     ErrorInfo, EventRecord, Message, MessageKind, RunDetail, RunQuery, RunRecord, RunStatus,
     RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
@@ -188,8 +195,17 @@ impl Engine {
     /// Stores events and starts every run they trigger. Returns the event ids in order.
     /// All events are validated before anything is stored.
     pub async fn send_events(&self, events: Vec<NewEvent>) -> Result<Vec<String>, EngineError> {
+        self.submit(events, false).await
+    }
+
+    /// [`Engine::send_events`]; `internal` allows the engine's own event names.
+    pub(crate) async fn submit(
+        &self,
+        events: Vec<NewEvent>,
+        internal: bool,
+    ) -> Result<Vec<String>, EngineError> {
         let names: Vec<String> = events.iter().map(|e| e.name.clone()).collect();
-        let ids = self.ingest(events, false).await?;
+        let ids = self.ingest(events, internal).await?;
         // Events that cancel runs ([`Function::cancel_on`]); the engine's own events do not.
         for (name, id) in names.iter().zip(&ids) {
             let listened = self
@@ -263,6 +279,7 @@ impl Engine {
         for event in events {
             let (record, duplicate) = self.store_event(event).await?;
             starts.extend(self.create_runs(&record, duplicate).await?);
+            self.resume_waits(&record).await?;
             ids.push(record.id);
         }
         self.send(starts).await?;
@@ -324,17 +341,51 @@ impl Engine {
             if !self.claim_run_key(function, event).await? {
                 continue;
             }
-            let run = self.new_run(
-                run_id_for(&event.id, &function.id),
-                function,
-                event.clone(),
-                None,
-            );
-            if self.store().create_run(&run).await? || repeat {
-                starts.extend(self.start_messages(function, &run));
+            if function.flow.debounce.is_some() {
+                // A repeat changes nothing: the first delivery named the event and sent its
+                // message.
+                if !repeat {
+                    starts.push(self.debounce(function, event).await?);
+                }
+                continue;
             }
+            starts.extend(self.start_run(function, event, repeat).await?);
         }
         Ok(starts)
+    }
+
+    /// Creates `function`'s run for `event` (its id derived from both) unless a rate limit
+    /// skips it, and returns its start (delayed by a throttle). `resend`: also when the run
+    /// exists already (recovering a start lost in a crash). A throttled or rate-limited
+    /// function's existing run is left to the sweeper: its start time was decided once.
+    async fn start_run(
+        &self,
+        function: &Function,
+        event: &EventRecord,
+        resend: bool,
+    ) -> Result<Vec<Envelope>, EngineError> {
+        let run_id = run_id_for(&event.id, &function.id);
+        let limited = function.flow.rate_limit.is_some() || function.flow.throttle.is_some();
+        let delay = if limited {
+            if self.store().get_run(&run_id).await?.is_some() {
+                return Ok(Vec::new());
+            }
+            match self.admit(function, event).await? {
+                flow::Admission::Skip => {
+                    tracing::info!(function = %function.id, event = %event.id, "rate limited: no run");
+                    return Ok(Vec::new());
+                }
+                flow::Admission::Start(delay) => delay,
+            }
+        } else {
+            Duration::ZERO
+        };
+        let run = self.new_run(run_id, function, event.clone(), None);
+        if self.store().create_run(&run).await? || resend {
+            Ok(self.start_messages(function, &run, delay))
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     /// A function with an idempotency field runs once per value: the value is claimed for this
@@ -365,11 +416,24 @@ impl Engine {
         Ok(holder.is_none_or(|h| h == event.id))
     }
 
-    /// A new run's start, and its deadline when the function has a finish timeout.
-    fn start_messages(&self, function: &Function, run: &RunRecord) -> Vec<Envelope> {
+    /// A new run's start (after `delay`), and its deadline when the function has a finish
+    /// timeout.
+    fn start_messages(
+        &self,
+        function: &Function,
+        run: &RunRecord,
+        delay: Duration,
+    ) -> Vec<Envelope> {
+        let mut start = start_message(run);
+        if !delay.is_zero() {
+            start.not_before = Some(
+                run.started_at
+                    + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX),
+            );
+        }
         let mut out = vec![Envelope {
-            message: start_message(run),
-            delay: Duration::ZERO,
+            message: start,
+            delay,
         }];
         if let Some(timeout) = function.finish_timeout {
             let due = run.started_at
@@ -429,6 +493,9 @@ impl Engine {
             return Ok(false);
         }
         self.journal_cache().forget(&run.run_id);
+        self.tell_invoker(run, RunStatus::Cancelled, None, error.as_ref())
+            .await?;
+        self.after_end(run).await?;
         let mut data = json!({"function_id": run.function_id, "run_id": run.run_id, "event": run.event.to_json()});
         if let Some(error) = error {
             data["error"] = json!(error);
@@ -503,6 +570,12 @@ impl Engine {
         if let Some(due) = message.not_before.filter(|due| *due > now) {
             return self.send_at(message, due).await.map(|()| None);
         }
+        if let MessageKind::Debounce { event_id } = &message.kind {
+            if let Some(function) = self.registry().get(&message.function_id).cloned() {
+                self.debounce_due(&function, event_id).await?;
+            }
+            return Ok(None);
+        }
         let store = self.store();
         let Some(mut run) = store.get_run(&message.run_id).await? else {
             tracing::warn!(run_id = %message.run_id, "message for an unknown run dropped");
@@ -539,6 +612,15 @@ impl Engine {
             return Ok(None);
         }
         if run.status == RunStatus::Queued {
+            // Over a concurrency limit the run stays Queued: a freed slot starts it again.
+            // Only a start sends the periodic re-check (a wake-up or re-drive would start a
+            // second chain of them).
+            if !self.acquire_slot(&function, &run).await? {
+                if message.kind == MessageKind::Start {
+                    self.send_recheck(&run).await?;
+                }
+                return Ok(None);
+            }
             let t = RunTransition {
                 from: vec![RunStatus::Queued],
                 to: RunStatus::Running,
@@ -578,7 +660,7 @@ impl Engine {
                     None if partial => store.get_step(&run.run_id, step_id).await?,
                     None => None,
                 };
-                let sleep = sleep.filter(|s| s.kind == StepKind::Sleep);
+                let sleep = sleep.filter(|s| matches!(s.kind, StepKind::Sleep | StepKind::Wait));
                 if let Some(sleep) = sleep.filter(|s| !s.status.is_final()) {
                     if let Some(due) = sleep.wake_at.filter(|due| *due > now) {
                         return self
@@ -618,7 +700,10 @@ impl Engine {
                 }
                 None
             }
-            MessageKind::Start | MessageKind::Redrive | MessageKind::Deadline => None,
+            MessageKind::Start
+            | MessageKind::Redrive
+            | MessageKind::Deadline
+            | MessageKind::Debounce { .. } => None,
         };
         if let Some(record) = claimed {
             journal.retain(|s| s.step_id != record.step_id);
@@ -727,6 +812,8 @@ impl Engine {
                         .await
                         .map(|()| None);
                 }
+                self.tell_invoker(run, RunStatus::Completed, Some(&output), None)
+                    .await?;
                 let t = RunTransition {
                     from: vec![RunStatus::Running],
                     to: RunStatus::Completed,
@@ -736,6 +823,7 @@ impl Engine {
                 };
                 store.transition_run(&run.run_id, &t).await?;
                 self.journal_cache().forget(&run.run_id);
+                self.after_end(run).await?;
                 Ok(None)
             }
             PassEnd::Finished(Err(error)) => self.fail_run(run, error.info()).await.map(|()| None),
@@ -752,6 +840,7 @@ impl Engine {
                             Pending {
                                 record,
                                 is_new: true,
+                                ..
                             },
                         ],
                     ) if record.kind == StepKind::Run => {
@@ -770,7 +859,30 @@ impl Engine {
                 };
                 let mut batch = Vec::new();
                 let mut unstarted = Vec::new();
-                for Pending { mut record, is_new } in pass.pending {
+                for Pending {
+                    mut record,
+                    is_new,
+                    wait,
+                } in pass.pending
+                {
+                    if let Some(wait) = &wait {
+                        // Planned (or found planned and left so), then registered and checked
+                        // for an event that came first; re-registering is harmless.
+                        let fresh = is_new && store.plan_step(&record).await?;
+                        let idle = record.attempts == 0 && record.status == StepStatus::Waiting;
+                        if fresh || (!is_new && idle && (redrive || !progressed)) {
+                            if self.register_wait(run, &record, wait).await? {
+                                batch.push(wait::wake_now(
+                                    &run.run_id,
+                                    &run.function_id,
+                                    &record.step_id,
+                                ));
+                            } else {
+                                batch.push(self.continuation(run, &record));
+                            }
+                        }
+                        continue;
+                    }
                     if is_new && inline_step {
                         record.status = StepStatus::Running;
                         record.attempts = 1;
@@ -809,7 +921,7 @@ impl Engine {
     /// The message that moves a pending step on.
     fn continuation(&self, run: &RunRecord, step: &crate::model::StepRecord) -> Envelope {
         let kind = match step.kind {
-            StepKind::Sleep => MessageKind::Wake {
+            StepKind::Sleep | StepKind::Wait => MessageKind::Wake {
                 step_id: step.step_id.clone(),
             },
             _ => MessageKind::Step {
@@ -851,6 +963,8 @@ impl Engine {
             NewEvent::new(FUNCTION_FAILED, data).with_id(format!("baton:failed:{}", run.run_id)),
         )
         .await?;
+        self.tell_invoker(run, RunStatus::Failed, None, Some(&error))
+            .await?;
         let t = RunTransition {
             from: vec![RunStatus::Queued, RunStatus::Running],
             to: RunStatus::Failed,
@@ -859,7 +973,53 @@ impl Engine {
             error: Some(error),
         };
         self.store().transition_run(&run.run_id, &t).await?;
-        Ok(())
+        self.after_end(run).await
+    }
+
+    /// An invoked run's end, as the event its invoker waits for. Sent before the run's
+    /// transition, so a crash in between sends it again (the same event id: a no-op).
+    async fn tell_invoker(
+        &self,
+        run: &RunRecord,
+        status: RunStatus,
+        output: Option<&Value>,
+        error: Option<&ErrorInfo>,
+    ) -> Result<(), EngineError> {
+        if run.event.name != FUNCTION_INVOKED {
+            return Ok(());
+        }
+        let data = json!({
+            "function_id": run.function_id,
+            "run_id": run.run_id,
+            "status": status.as_str(),
+            "output": output,
+            "error": error,
+        });
+        self.emit(
+            NewEvent::new(FUNCTION_FINISHED, data)
+                .with_id(format!("baton:finished:{}", run.run_id)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// What follows every end of a run: its concurrency slot is freed.
+    async fn after_end(&self, run: &RunRecord) -> Result<(), EngineError> {
+        match self.registry().get(&run.function_id).cloned() {
+            Some(function) => self.release_slot(&function, run).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A run waiting for a concurrency slot looks again after [`SLOT_RECHECK`].
+    async fn send_recheck(&self, run: &RunRecord) -> Result<(), EngineError> {
+        let due =
+            self.now() + chrono::Duration::from_std(SLOT_RECHECK).unwrap_or(chrono::TimeDelta::MAX);
+        let message = Message {
+            not_before: Some(due),
+            ..start_message(run)
+        };
+        self.send_at(message, due).await
     }
 
     async fn send(&self, batch: Vec<Envelope>) -> Result<(), EngineError> {
@@ -958,7 +1118,8 @@ impl Engine {
         })?;
         let run = self.new_run(new_ulid(self.now()), function, old.event, Some(old.run_id));
         self.store().create_run(&run).await?;
-        self.send(self.start_messages(function, &run)).await?;
+        self.send(self.start_messages(function, &run, Duration::ZERO))
+            .await?;
         Ok(run.run_id)
     }
 
@@ -1083,6 +1244,7 @@ impl Engine {
             MessageKind::Start => "the start".to_string(),
             MessageKind::Redrive => "a re-drive".to_string(),
             MessageKind::Deadline => "the finish deadline".to_string(),
+            MessageKind::Debounce { .. } => "the debounced start".to_string(),
         };
         let error = ErrorInfo::new(
             "DeadLettered",

@@ -21,8 +21,8 @@ use ulid::Ulid;
 
 use super::Store;
 use crate::model::{
-    ErrorInfo, EventRecord, Progress, RunQuery, RunRecord, RunStatus, RunTransition, StepKind,
-    StepOutcome, StepRecord, StepStatus,
+    Entry, ErrorInfo, EventRecord, Expect, Progress, RunQuery, RunRecord, RunStatus, RunTransition,
+    StepKind, StepOutcome, StepRecord, StepStatus,
 };
 
 /// Runs every check, each on a store fresh from `make`.
@@ -55,6 +55,8 @@ where
         retry_step,
         finish_step,
         runs_do_not_interfere,
+        entries_conditions,
+        entries_listing_and_expiry,
     );
     // The concurrent checks spawn tasks, so they need a shared store.
     macro_rules! concurrent_checks {
@@ -67,7 +69,8 @@ where
     concurrent_checks!(
         concurrent_finish_step,
         concurrent_claims,
-        concurrent_create_run
+        concurrent_create_run,
+        concurrent_entry_versions
     );
 }
 
@@ -1501,5 +1504,215 @@ pub async fn concurrent_create_run(store: Arc<dyn Store>) {
     assert_eq!(
         get_run(store.as_ref(), &run_id).await.function_id,
         format!("fn-{}", winners[0])
+    );
+}
+
+// ---- coordination entries ----
+
+fn entry(key: &str, id: &str, version: u64, expires_at: DateTime<Utc>) -> Entry {
+    Entry {
+        key: key.to_owned(),
+        id: id.to_owned(),
+        value: json!({"v": version, "id": id, "nested": {"text": "é \u{1F600}"}}),
+        version,
+        expires_at,
+    }
+}
+
+/// Absent, version and unconditional writes and deletes.
+pub async fn entries_conditions(store: &dyn Store) {
+    let key = format!("k-{}", new_id());
+    let e1 = entry(&key, "slot:0", 1, at(100));
+    assert!(
+        store
+            .put_entry(&e1, Expect::Absent, at(0))
+            .await
+            .expect("put"),
+        "put_entry(Absent) on a free id must write"
+    );
+    assert!(
+        !store
+            .put_entry(&e1, Expect::Absent, at(1))
+            .await
+            .expect("put"),
+        "put_entry(Absent) on a live entry must not write"
+    );
+    let listed = store.list_entries(&key, "", at(1), 10).await.expect("list");
+    assert_eq!(
+        listed,
+        vec![e1.clone()],
+        "list_entries must return the entry as written"
+    );
+    let e2 = entry(&key, "slot:0", 2, at(100));
+    assert!(
+        !store
+            .put_entry(&e2, Expect::Version(7), at(1))
+            .await
+            .expect("put"),
+        "put_entry(Version) with a wrong version must not write"
+    );
+    assert!(
+        store
+            .put_entry(&e2, Expect::Version(1), at(1))
+            .await
+            .expect("put"),
+        "put_entry(Version) with the current version must write"
+    );
+    assert!(
+        !store
+            .put_entry(&e2, Expect::Version(1), at(1))
+            .await
+            .expect("put"),
+        "a second writer with the old version must lose"
+    );
+    assert!(
+        !store
+            .delete_entry(&key, "slot:0", Expect::Version(1), at(1))
+            .await
+            .expect("delete"),
+        "delete_entry with a wrong version must not delete"
+    );
+    assert!(
+        !store
+            .delete_entry(&key, "other", Expect::Any, at(1))
+            .await
+            .expect("delete"),
+        "deleting a missing entry reports false"
+    );
+    assert!(
+        store
+            .delete_entry(&key, "slot:0", Expect::Version(2), at(1))
+            .await
+            .expect("delete"),
+        "delete_entry with the current version must delete"
+    );
+    assert!(
+        store
+            .list_entries(&key, "", at(1), 10)
+            .await
+            .expect("list")
+            .is_empty(),
+        "a deleted entry is gone"
+    );
+    let e3 = entry(&key, "slot:0", 1, at(100));
+    assert!(
+        store.put_entry(&e3, Expect::Any, at(1)).await.expect("put"),
+        "put_entry(Any) always writes"
+    );
+    let e4 = entry(&key, "slot:0", 9, at(100));
+    assert!(
+        store.put_entry(&e4, Expect::Any, at(1)).await.expect("put"),
+        "put_entry(Any) overwrites"
+    );
+    assert_eq!(
+        store
+            .list_entries(&key, "slot:", at(1), 10)
+            .await
+            .expect("list"),
+        vec![e4],
+        "the overwritten entry is listed"
+    );
+}
+
+/// Listing by prefix in id order with a limit; expired entries count as absent.
+pub async fn entries_listing_and_expiry(store: &dyn Store) {
+    let key = format!("k-{}", new_id());
+    let other = format!("k-{}", new_id());
+    for id in ["w:b", "e:2", "w:a", "e:1", "e:3", "e_x"] {
+        let e = entry(&key, id, 1, at(50));
+        assert!(
+            store
+                .put_entry(&e, Expect::Absent, at(0))
+                .await
+                .expect("put")
+        );
+    }
+    store
+        .put_entry(&entry(&other, "e:0", 1, at(50)), Expect::Absent, at(0))
+        .await
+        .expect("put");
+    let ids = |entries: Vec<Entry>| entries.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store
+            .list_entries(&key, "e:", at(1), 10)
+            .await
+            .expect("list")),
+        ["e:1", "e:2", "e:3"],
+        "list_entries: the prefix's entries by id, and no other key's"
+    );
+    assert_eq!(
+        ids(store
+            .list_entries(&key, "e:", at(1), 2)
+            .await
+            .expect("list")),
+        ["e:1", "e:2"],
+        "list_entries honours the limit"
+    );
+    assert_eq!(
+        ids(store
+            .list_entries(&key, "w:", at(1), 10)
+            .await
+            .expect("list")),
+        ["w:a", "w:b"]
+    );
+    assert!(
+        store
+            .list_entries(&key, "", at(50), 10)
+            .await
+            .expect("list")
+            .is_empty(),
+        "entries at their expiry are not listed"
+    );
+    let fresh = entry(&key, "e:1", 5, at(200));
+    assert!(
+        !store
+            .put_entry(&fresh, Expect::Version(1), at(60))
+            .await
+            .expect("put"),
+        "an expired entry has no version to match"
+    );
+    assert!(
+        store
+            .put_entry(&fresh, Expect::Absent, at(60))
+            .await
+            .expect("put"),
+        "an expired entry counts as absent"
+    );
+    assert_eq!(
+        ids(store
+            .list_entries(&key, "", at(60), 10)
+            .await
+            .expect("list")),
+        ["e:1"]
+    );
+}
+
+/// Eight tasks bumping one entry's version from the same read: exactly one wins.
+pub async fn concurrent_entry_versions(store: Arc<dyn Store>) {
+    let key = format!("k-{}", new_id());
+    store
+        .put_entry(&entry(&key, "bucket", 1, at(100)), Expect::Absent, at(0))
+        .await
+        .expect("put");
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|n| {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            tokio::spawn(async move {
+                let mut e = entry(&key, "bucket", 2, at(100));
+                e.value = json!({"writer": n});
+                store
+                    .put_entry(&e, Expect::Version(1), at(1))
+                    .await
+                    .expect("put")
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.expect("put task panicked"));
+    }
+    assert_eq!(
+        wins, 1,
+        "exactly one concurrent versioned write must succeed"
     );
 }

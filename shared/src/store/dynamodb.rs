@@ -11,6 +11,7 @@
 //! | idempotency | `IDEM#{id}`       | `IDEM`                | `event_id`, `expires_at`, TTL = `expires_at`       |
 //! | run         | `RUN#{run_id}`    | `RUN`                 | `status`, `event` copy, `output`, `error`, GSI keys |
 //! | step        | `RUN#{run_id}`    | `STEP#{step_id}`      | `seq`, `status`, `attempts`, `output`, `error`     |
+//! | entry       | `KV#{key}`        | `E#{id}`              | `value` (JSON text), `version`, `expires_at`, TTL  |
 //! | blob chunk  | `RUN#{run_id}` or `EV#{event_id}` | `BLOB#{blob_id}#{n:05}` | `part`: a slice of a large payload's JSON text |
 //!
 //! A run's steps share its partition, so [`Store::journal`] is one strongly consistent Query
@@ -103,8 +104,8 @@ use super::memory::page_size;
 use super::{Store, StoreResult};
 use crate::error::StoreError;
 use crate::model::{
-    ErrorInfo, EventRecord, Progress, RunPage, RunQuery, RunRecord, RunStatus, RunTransition,
-    StepKind, StepOutcome, StepRecord, StepStatus,
+    Entry, ErrorInfo, EventRecord, Expect, Progress, RunPage, RunQuery, RunRecord, RunStatus,
+    RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
 };
 
 /// How long ended runs, their journals and events are kept (DynamoDB TTL).
@@ -831,6 +832,54 @@ struct EventItem {
     idempotency_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at_epoch: Option<i64>,
+}
+
+/// A coordination entry; TTL = `expires_at`.
+#[derive(Debug, Serialize, Deserialize)]
+struct EntryItem {
+    #[serde(rename = "PK")]
+    pk: String,
+    #[serde(rename = "SK")]
+    sk: String,
+    value: String,
+    version: u64,
+    #[serde(with = "ts")]
+    expires_at: DateTime<Utc>,
+    expires_at_epoch: i64,
+}
+
+fn entry_pk(key: &str) -> String {
+    format!("KV#{key}")
+}
+
+fn entry_sk(id: &str) -> String {
+    format!("E#{id}")
+}
+
+/// The condition expression for `expect` at `now`, if any.
+fn entry_condition(expr: &mut Expr, expect: Expect, now: DateTime<Utc>) -> Option<String> {
+    let expires = |expr: &mut Expr| {
+        (
+            expr.name("expires_at"),
+            expr.value("now", AttributeValue::S(ts_string(now))),
+        )
+    };
+    match expect {
+        Expect::Any => None,
+        Expect::Absent => {
+            let (expires_at, now) = expires(expr);
+            let pk = expr.name("PK");
+            Some(format!(
+                "attribute_not_exists({pk}) OR {expires_at} <= {now}"
+            ))
+        }
+        Expect::Version(v) => {
+            let (expires_at, now) = expires(expr);
+            let version = expr.name("version");
+            let v = expr.value("v", AttributeValue::N(v.to_string()));
+            Some(format!("{version} = {v} AND {expires_at} > {now}"))
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1616,6 +1665,101 @@ impl Store for DynamoStore {
         let sk = step_sk(step_id);
         self.with_blobs(&blobs, || self.update_if(&pk, &sk, update))
             .await
+    }
+
+    async fn put_entry(
+        &self,
+        entry: &Entry,
+        expect: Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let item = to_item(&EntryItem {
+            pk: entry_pk(&entry.key),
+            sk: entry_sk(&entry.id),
+            value: serde_json::to_string(&entry.value).map_err(|e| corrupt("entry value", e))?,
+            version: entry.version,
+            expires_at: entry.expires_at,
+            expires_at_epoch: epoch_ceil(entry.expires_at),
+        })?;
+        let mut expr = Expr::default();
+        let condition = entry_condition(&mut expr, expect, now);
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .set_condition_expression(condition)
+            .set_expression_attribute_names((!expr.names.is_empty()).then_some(expr.names))
+            .set_expression_attribute_values((!expr.values.is_empty()).then_some(expr.values))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(e) if condition_failed(&e) => Ok(false),
+            Err(e) => Err(backend("PutItem", e)),
+        }
+    }
+
+    async fn list_entries(
+        &self,
+        key: &str,
+        prefix: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<Entry>> {
+        let items = self
+            .query_partition(&entry_pk(key), &entry_sk(prefix), None)
+            .await?;
+        let mut out = Vec::new();
+        for item in items {
+            let item: EntryItem = from_item(&format!("entry under {key}"), item)?;
+            if item.expires_at <= now {
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            out.push(Entry {
+                key: key.to_owned(),
+                id: item.sk.strip_prefix("E#").unwrap_or(&item.sk).to_owned(),
+                value: serde_json::from_str(&item.value).map_err(|e| corrupt("entry value", e))?,
+                version: item.version,
+                expires_at: item.expires_at,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn delete_entry(
+        &self,
+        key: &str,
+        id: &str,
+        expect: Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut expr = Expr::default();
+        let pk = expr.name("PK");
+        let exists = format!("attribute_exists({pk})");
+        let condition = match entry_condition(&mut expr, expect, now) {
+            Some(c) if expect != Expect::Absent => format!("{exists} AND ({c})"),
+            Some(_) => return Ok(false),
+            None => exists,
+        };
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(&entry_pk(key), &entry_sk(id))))
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(expr.names))
+            .set_expression_attribute_values((!expr.values.is_empty()).then_some(expr.values))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if condition_failed(&e) => Ok(false),
+            Err(e) => Err(backend("DeleteItem", e)),
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 
 use super::{Store, StoreResult};
 use crate::model::{
-    ErrorInfo, EventRecord, Progress, RunPage, RunQuery, RunRecord, RunTransition, StepOutcome,
-    StepRecord, StepStatus,
+    Entry, ErrorInfo, EventRecord, Expect, Progress, RunPage, RunQuery, RunRecord, RunTransition,
+    StepOutcome, StepRecord, StepStatus,
 };
 
 /// Page size when a query asks for 0 runs, and the largest page served.
@@ -43,6 +43,18 @@ struct State {
     runs_by_event: HashMap<String, BTreeSet<String>>,
     /// run id -> step id -> step.
     steps: HashMap<String, HashMap<String, StepRecord>>,
+    /// (key, id) -> entry, ordered so a key's entries are one range.
+    entries: BTreeMap<(String, String), Entry>,
+}
+
+/// Whether `expect` holds for `current` (expired entries count as absent).
+pub(crate) fn expect_holds(expect: Expect, current: Option<&Entry>, now: DateTime<Utc>) -> bool {
+    let live = current.filter(|e| e.expires_at > now);
+    match expect {
+        Expect::Any => true,
+        Expect::Absent => live.is_none(),
+        Expect::Version(v) => live.is_some_and(|e| e.version == v),
+    }
 }
 
 impl MemoryStore {
@@ -288,6 +300,58 @@ impl Store for MemoryStore {
             }
         }
         step.ended_at = Some(at);
+        Ok(true)
+    }
+
+    async fn put_entry(
+        &self,
+        entry: &Entry,
+        expect: Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut state = self.state();
+        let k = (entry.key.clone(), entry.id.clone());
+        if !expect_holds(expect, state.entries.get(&k), now) {
+            return Ok(false);
+        }
+        state.entries.insert(k, entry.clone());
+        Ok(true)
+    }
+
+    async fn list_entries(
+        &self,
+        key: &str,
+        prefix: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<Entry>> {
+        let state = self.state();
+        let from = (key.to_owned(), prefix.to_owned());
+        Ok(state
+            .entries
+            .range(from..)
+            .take_while(|((k, id), _)| k == key && id.starts_with(prefix))
+            .map(|(_, e)| e)
+            .filter(|e| e.expires_at > now)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_entry(
+        &self,
+        key: &str,
+        id: &str,
+        expect: Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut state = self.state();
+        let k = (key.to_owned(), id.to_owned());
+        let current = state.entries.get(&k);
+        if current.is_none() || !expect_holds(expect, current, now) {
+            return Ok(false);
+        }
+        state.entries.remove(&k);
         Ok(true)
     }
 }

@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
 use crate::model::{
-    ErrorInfo, EventRecord, Progress, RunPage, RunQuery, RunRecord, RunTransition, StepOutcome,
-    StepRecord,
+    Entry, ErrorInfo, EventRecord, Expect, Progress, RunPage, RunQuery, RunRecord, RunTransition,
+    StepOutcome, StepRecord,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -107,5 +107,39 @@ pub trait Store: Send + Sync + 'static {
         step_id: &str,
         outcome: &StepOutcome,
         at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    // ---- coordination entries ----
+    //
+    // Small items grouped under a key, as a DynamoDB partition holds items by sort key: wait
+    // registrations and the events indexed for them, concurrency slots and their queue,
+    // throttle and rate-limit buckets, debounce markers. An entry past `expires_at` counts as
+    // absent everywhere (DynamoDB deletes expired items only lazily).
+
+    /// Writes `entry` if `expect` holds at `now`. True when written.
+    async fn put_entry(
+        &self,
+        entry: &Entry,
+        expect: Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// The unexpired entries under `key` whose id starts with `prefix`, by id ascending, at
+    /// most `limit`; read strongly consistent.
+    async fn list_entries(
+        &self,
+        key: &str,
+        prefix: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<Entry>>;
+
+    /// Deletes an entry if `expect` holds at `now`. True when deleted.
+    async fn delete_entry(
+        &self,
+        key: &str,
+        id: &str,
+        expect: Expect,
+        now: DateTime<Utc>,
     ) -> StoreResult<bool>;
 }

@@ -19,12 +19,12 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::memory::page_size;
+use super::memory::{expect_holds, page_size};
 use super::{Store, StoreResult};
 use crate::error::StoreError;
 use crate::model::{
-    ErrorInfo, EventRecord, Progress, RunPage, RunQuery, RunRecord, RunStatus, RunTransition,
-    StepKind, StepOutcome, StepRecord, StepStatus,
+    Entry, ErrorInfo, EventRecord, Expect, Progress, RunPage, RunQuery, RunRecord, RunStatus,
+    RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
 };
 
 /// How hard a commit tries to reach the disk. The journal is always in WAL mode.
@@ -123,6 +123,14 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (run_id, step_id)
 );
 CREATE INDEX IF NOT EXISTS steps_by_seq ON steps (run_id, seq);
+CREATE TABLE IF NOT EXISTS entries (
+    key        TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    expires_at TEXT NOT NULL,
+    PRIMARY KEY (key, id)
+);
 ";
 
 /// SQL for `StepStatus::is_final` and `RunStatus::is_terminal` (checked by a unit test).
@@ -767,6 +775,122 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn put_entry(
+        &self,
+        entry: &Entry,
+        expect: Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let entry = entry.clone();
+        let value = json(&entry.value)?;
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let current = read_entry(&tx, &entry.key, &entry.id)?;
+            if !expect_holds(expect, current.as_ref(), now) {
+                return Ok(false);
+            }
+            tx.exec_cached(
+                "INSERT INTO entries (key, id, value, version, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (key, id) DO UPDATE SET value = excluded.value,
+                 version = excluded.version, expires_at = excluded.expires_at",
+                params![entry.key, entry.id, value, entry.version as i64, ts(entry.expires_at)],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_entries(
+        &self,
+        key: &str,
+        prefix: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<Entry>> {
+        let (key, prefix, now) = (key.to_owned(), prefix.to_owned(), ts(now));
+        self.with_conn(move |conn| {
+            // `id >= prefix` plus a prefix check: LIKE would treat `_` and `%` in ids as patterns.
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT key, id, value, version, expires_at FROM entries
+                     WHERE key = ?1 AND id >= ?2 AND expires_at > ?3 ORDER BY id",
+                )
+                .map_err(backend)?;
+            let mut rows = stmt.query(params![key, prefix, now]).map_err(backend)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(backend)? {
+                let entry = decode_entry(row)?;
+                if !entry.id.starts_with(&prefix) || out.len() >= limit {
+                    break;
+                }
+                out.push(entry);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_entry(
+        &self,
+        key: &str,
+        id: &str,
+        expect: Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let (key, id) = (key.to_owned(), id.to_owned());
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let current = read_entry(&tx, &key, &id)?;
+            if current.is_none() || !expect_holds(expect, current.as_ref(), now) {
+                return Ok(false);
+            }
+            tx.exec_cached(
+                "DELETE FROM entries WHERE key = ?1 AND id = ?2",
+                params![key, id],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+fn read_entry(conn: &Connection, key: &str, id: &str) -> StoreResult<Option<Entry>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT key, id, value, version, expires_at FROM entries WHERE key = ?1 AND id = ?2",
+        )
+        .map_err(backend)?;
+    let mut rows = stmt.query(params![key, id]).map_err(backend)?;
+    match rows.next().map_err(backend)? {
+        Some(row) => Ok(Some(decode_entry(row)?)),
+        None => Ok(None),
+    }
+}
+
+fn decode_entry(row: &Row<'_>) -> StoreResult<Entry> {
+    let (key, id, value, version, expires_at): (String, String, String, i64, String) = (
+        row.get(0).map_err(backend)?,
+        row.get(1).map_err(backend)?,
+        row.get(2).map_err(backend)?,
+        row.get(3).map_err(backend)?,
+        row.get(4).map_err(backend)?,
+    );
+    Ok(Entry {
+        value: parse_json("entry value", &value)?,
+        version: version as u64,
+        expires_at: parse_ts("entry expires_at", &expires_at)?,
+        key,
+        id,
+    })
 }
 
 /// Every statement goes through SQLite's prepared-statement cache: the SQL strings are
