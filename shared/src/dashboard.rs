@@ -831,9 +831,8 @@ fn step_span(
     };
     let end = match (step.ended_at, step.status) {
         (Some(end), _) => end,
-        (None, StepStatus::Sleeping | StepStatus::Waiting) => {
-            step.wake_at.unwrap_or(run_end).max(start)
-        }
+        // Still going (asleep or waiting too: a year-long sleep would squash every other
+        // bar): up to now; the wake-up time is in the text.
         (None, _) => run_end.max(start),
     };
     (planned, start, end)
