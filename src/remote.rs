@@ -500,6 +500,13 @@ fn step_events(run: &Value, seen: &mut Vec<(String, String, u64)>) -> Vec<String
                 error_of(step).unwrap_or_else(|| "failed".into())
             ),
             "Sleeping" => format!("  … {id} sleeping until {}", short_time(&step["wake_at"])),
+            "Waiting" => format!(
+                "  … {id} waiting for an event{}",
+                parse_time(&step["wake_at"]).map_or_else(String::new, |t| format!(
+                    " (until {})",
+                    t.format("%Y-%m-%d %H:%M:%S")
+                ))
+            ),
             "Planned" if attempts > 0 => format!(
                 "  ↻ {id} attempt {attempts} failed: {} (retrying)",
                 error_of(step).unwrap_or_default()

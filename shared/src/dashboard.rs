@@ -268,13 +268,22 @@ fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = header_str(header::ORIGIN.as_str()) else {
         return true;
     };
-    let Some(host) = header_str(header::HOST.as_str()) else {
+    let Some(authority) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .map(|a| a.trim_end_matches('/'))
+    else {
         return false;
     };
-    let authority = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"));
-    authority.is_some_and(|a| a.trim_end_matches('/').eq_ignore_ascii_case(host))
+    // The host as the browser addressed it: a proxy in front may pass it on as
+    // X-Forwarded-Host.
+    [
+        header_str(header::HOST.as_str()),
+        header_str("x-forwarded-host"),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|host| authority.eq_ignore_ascii_case(host.trim()))
 }
 
 /// Checks a form post: same origin, and the CSRF token with a session cookie.
@@ -863,11 +872,12 @@ fn timeline(run: &RunRecord, steps: &[StepRecord], now: DateTime<Utc>) -> String
              <rect class=\"b-{cls}\" x=\"{sx:.1}\" y=\"0\" width=\"{sw:.1}\" height=\"12\"/></svg>",
             qw = (sx - qx).max(0.0),
             sw = (ex - sx).max(3.0),
-            // A sleep keeps its colour once woken; other steps show their status.
-            cls = if step.kind == StepKind::Sleep && step.status != StepStatus::Failed {
-                "sleeping".to_string()
-            } else {
-                status.to_ascii_lowercase()
+            // A sleep or a wait keeps its colour once over; other steps show their status.
+            cls = match (step.kind, step.status) {
+                (_, StepStatus::Failed) => "failed".to_string(),
+                (StepKind::Sleep, _) => "sleeping".to_string(),
+                (StepKind::Wait, _) => "waiting".to_string(),
+                _ => status.to_ascii_lowercase(),
             },
         );
         let attempts = match step.kind {
@@ -1812,6 +1822,15 @@ mod tests {
             ("host", "127.0.0.1:8288"),
             ("origin", "null")
         ])));
+        assert!(same_origin(&headers(&[
+            ("host", "internal:3000"),
+            ("x-forwarded-host", "baton.example.com"),
+            ("origin", "https://baton.example.com")
+        ])));
+        assert!(!same_origin(&headers(&[(
+            "origin",
+            "http://127.0.0.1:8288"
+        )])));
         assert!(!same_origin(&headers(&[
             ("host", "127.0.0.1:8288"),
             ("sec-fetch-site", "cross-site")
