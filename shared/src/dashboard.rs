@@ -100,7 +100,8 @@ const SESSION_TTL_S: i64 = 12 * 3600;
 /// The request header asking for a page's live part only, and the answer's "stop polling".
 pub const FRAGMENT_HEADER: &str = "x-baton-fragment";
 pub const DONE_HEADER: &str = "x-baton-done";
-/// The largest form body (the send form carries an event: the event limit plus room).
+/// The largest form body; the send form may add three times the event size limit (an
+/// urlencoded byte takes up to three).
 const FORM_OVERHEAD: usize = 16 * 1024;
 
 /// The dashboard's script: live updates, confirmations, auto-submitting filters.
