@@ -29,7 +29,7 @@ use baton::store::memory::MemoryStore;
 use baton::store::sqlite::SqliteStore;
 use baton::{
     Ctx, Engine, EngineConfig, Event, FailureData, Function, NewEvent, Registry, RunStatus,
-    StepConfig, StepCtx, StepError, StepStatus, Store,
+    StepConfig, StepCtx, StepError, StepStatus, Store, WaitFor,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -48,6 +48,8 @@ struct Probe {
     inner: Arc<dyn Store>,
     violations: Arc<Mutex<Vec<String>>>,
     bodies: Arc<AtomicU64>,
+    /// Runs of `limited` between their `enter` and `leave` steps: never more than one.
+    occupants: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Probe {
@@ -56,6 +58,7 @@ impl Probe {
             inner,
             violations: Arc::default(),
             bodies: Arc::default(),
+            occupants: Arc::default(),
         }
     }
 
@@ -78,12 +81,32 @@ impl Probe {
         }
     }
 
+    /// A run of `limited` enters (true) or leaves its critical section.
+    fn occupy(&self, run_id: &str, enter: bool) {
+        let mut occupants = self.occupants.lock().unwrap();
+        if enter {
+            occupants.insert(run_id.to_string());
+            if occupants.len() > 1 {
+                let list: Vec<_> = occupants.iter().cloned().collect();
+                self.violations
+                    .lock()
+                    .unwrap()
+                    .push(format!("concurrency limit 1 broken: {list:?} run at once"));
+            }
+        } else {
+            occupants.remove(run_id);
+        }
+    }
+
     fn violations(&self) -> Vec<String> {
         self.violations.lock().unwrap().clone()
     }
 }
 
 const PIPELINE_SLEEP: Duration = Duration::from_secs(1000);
+/// Longer than the queue's longest delay (15 min), so a wait's timeout hops, and far longer
+/// than any run needs with the driver's delays: these waits never time out.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
 const FAN: u64 = 3;
 
 fn registry(probe: &Probe) -> Registry {
@@ -296,8 +319,85 @@ fn registry(probe: &Probe) -> Registry {
             }
         });
 
+    // Waits: an event sent before the wait is registered (the race of Inngest #1433), one
+    // that never comes (the timeout), and a child function invoked and awaited.
+    let p = probe.clone();
+    let waiter = Function::new("waiter")
+        .trigger("t/waiter")
+        .step("token", StepConfig::default())
+        .waits_for("t/reply", "data.token")
+        .handler(move |ctx: Ctx, ev: Event<Input>| {
+            let p = p.clone();
+            async move {
+                let n = ev.data.n;
+                let token: String = ctx
+                    .step("token", |s| async move {
+                        p.body(&s).await;
+                        Ok(format!("tok-{}", s.run_id))
+                    })
+                    .await?;
+                ctx.send_event(
+                    "reply-early",
+                    vec![NewEvent::new(
+                        "t/reply",
+                        json!({"token": token, "v": n * 7}),
+                    )],
+                )
+                .await?;
+                let reply: Option<Event<Value>> = ctx
+                    .wait_for_event(
+                        "reply",
+                        WaitFor::event("t/reply", WAIT_TIMEOUT).matching("data.token", &token),
+                    )
+                    .await?;
+                let missing: Option<Event<Value>> = ctx
+                    .wait_for_event(
+                        "never",
+                        WaitFor::event("t/reply", Duration::from_secs(60))
+                            .matching("data.token", format!("{token}-never")),
+                    )
+                    .await?;
+                let tripled: u64 = ctx
+                    .invoke("triple-it", "child", json!({"n": n}), WAIT_TIMEOUT)
+                    .await?;
+                Ok(json!({
+                    "reply": reply.map(|e| e.data["v"].clone()),
+                    "missing": missing.is_some(),
+                    "tripled": tripled,
+                }))
+            }
+        });
+
+    // At most one run at a time: each holds the slot across a sleep.
+    let p = probe.clone();
+    let limited = Function::new("limited")
+        .trigger("t/limited")
+        .concurrency(1, None)
+        .step("enter", StepConfig::default())
+        .step("leave", StepConfig::default())
+        .handler(move |ctx: Ctx, ev: Event<Input>| {
+            let p = p.clone();
+            async move {
+                let n = ev.data.n;
+                let pe = p.clone();
+                ctx.step("enter", |s| async move {
+                    pe.body(&s).await;
+                    pe.occupy(&s.run_id, true);
+                    Ok(())
+                })
+                .await?;
+                ctx.sleep("hold", Duration::from_secs(100)).await?;
+                ctx.step("leave", |s| async move {
+                    p.body(&s).await;
+                    p.occupy(&s.run_id, false);
+                    Ok(n)
+                })
+                .await
+            }
+        });
+
     [
-        pipeline, fanout, flaky, fallback, strict, parent, child, chain,
+        pipeline, fanout, flaky, fallback, strict, parent, child, chain, waiter, limited,
     ]
     .into_iter()
     .try_fold(Registry::new(), Registry::register)
@@ -315,6 +415,9 @@ fn inputs(seed: u64) -> Vec<(&'static str, &'static str, u64)> {
         ("strict", "t/strict"),
         ("parent", "t/parent"),
         ("chain", "t/chain"),
+        ("waiter", "t/waiter"),
+        ("limited", "t/limited"),
+        ("limited", "t/limited"),
     ];
     let copies = 1 + seed % 2;
     (0..copies)
@@ -401,7 +504,12 @@ async fn seed_body(seed: u64, scenario: &Scenario) -> Result<SeedStats, String> 
         registry(&probe),
         store.clone(),
         Arc::new(queue.clone()),
-        EngineConfig::default(),
+        // Ids and times as in every replay of this seed (ids sort where order matters).
+        EngineConfig {
+            id_seed: Some(seed),
+            clock_start: Some(chrono::DateTime::from_timestamp(1_790_000_000, 0).expect("a time")),
+            ..EngineConfig::default()
+        },
     );
 
     // Send the events as a client would: a failed request is sent again, same ids.
@@ -784,6 +892,46 @@ async fn check_runs(
                         ));
                     }
                 }
+            }
+            "waiter" => {
+                expect(
+                    &by_id,
+                    problems,
+                    &run_id,
+                    "waiter",
+                    RunStatus::Completed,
+                    &|r| {
+                        eq(
+                            &r.output,
+                            json!({"reply": n * 7, "missing": false, "tripled": 3 * n}),
+                        )
+                    },
+                );
+                let steps = steps_of(&run_id);
+                let ids: Vec<&str> = steps.iter().map(|s| s.0.as_str()).collect();
+                let want = [
+                    "token",
+                    "reply-early",
+                    "reply",
+                    "never",
+                    "triple-it",
+                    "triple-it.finished",
+                ];
+                if ids != want || steps.iter().any(|s| s.1 != StepStatus::Completed) {
+                    problems.push(format!("waiter journal: {steps:?}"));
+                }
+                // The invoked child is a run of `child`.
+                *expected_runs.entry("child").or_default() += 1;
+            }
+            "limited" => {
+                expect(
+                    &by_id,
+                    problems,
+                    &run_id,
+                    "limited",
+                    RunStatus::Completed,
+                    &|r| eq(&r.output, json!(n)),
+                );
             }
             other => unreachable!("{other}"),
         }

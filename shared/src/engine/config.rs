@@ -79,6 +79,13 @@ pub struct EngineConfig {
     /// Final journal entries kept in memory across invocations (default 20,000, a few MB;
     /// 0 turns the cache off): see the engine's journal cache.
     pub journal_cache_entries: usize,
+    /// Seeds the random part of new event and run ids (ULIDs), so a test that replays one
+    /// history gets the same ids (and so the same order wherever ids sort). None (the
+    /// default): from entropy.
+    pub id_seed: Option<u64>,
+    /// The wall-clock time the engine's clock starts at (with `id_seed`, a test replays one
+    /// history to the id). None (the default): now.
+    pub clock_start: Option<DateTime<Utc>>,
 }
 
 impl Default for EngineConfig {
@@ -87,6 +94,8 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             backoff: Backoff::default(),
             journal_cache_entries: 20_000,
+            id_seed: None,
+            clock_start: None,
         }
     }
 }
@@ -101,8 +110,12 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Self {
+        Clock::starting_at(Utc::now())
+    }
+    /// A clock that reads `start` now and follows tokio's clock from there.
+    pub fn starting_at(start: DateTime<Utc>) -> Self {
         Clock {
-            base_utc: Utc::now(),
+            base_utc: start,
             base_instant: Instant::now(),
         }
     }

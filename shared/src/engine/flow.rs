@@ -3,9 +3,9 @@
 //!
 //! - **Concurrency**: `limit` slot entries per key (`slot:0000`…), each naming the run holding
 //!   it. A run takes a slot when it starts (its first message) and frees it when it ends.
-//!   A run that finds them all taken queues itself (`q:{run_id}`, run ids sort by start),
-//!   looks once more (a release in between would otherwise wake nobody), and waits: the run
-//!   that frees a slot starts the longest-queued run, and a re-check message every
+//!   A run that finds them all taken queues itself (`q:{start time}:{run_id}`), looks once
+//!   more (a release in between would otherwise wake nobody), and waits: the run that frees a
+//!   slot wakes the longest-queued runs (the first to come takes it), and a re-check every
 //!   [`SLOT_RECHECK`] covers a wake-up lost in a crash. A slot held by a run that has ended
 //!   (its handler died between ending the run and freeing the slot) is taken over, so a crash
 //!   cannot leak a slot.
@@ -33,6 +33,9 @@ use crate::queue::Envelope;
 
 /// How often a run waiting for a concurrency slot looks again on its own.
 pub const SLOT_RECHECK: Duration = Duration::from_secs(30);
+/// Queued runs woken when a slot frees: the oldest few, so a stale queue entry (its run
+/// ended meanwhile) does not cost the slot a round of re-checks; the first to come takes it.
+const WAKE_PER_RELEASE: usize = 3;
 /// Versioned writes retried this often before the handler gives up (and is redelivered).
 const MAX_CONFLICTS: usize = 20;
 
@@ -52,6 +55,23 @@ fn flow_key(kind: &str, function: &Function, path: Option<&str>, event: &EventRe
     let canonical = serde_json::to_vec(&value).unwrap_or_default();
     let digest = hex::encode(Sha256::digest(&canonical));
     format!("{kind}:{}:{}", function.id, &digest[..32])
+}
+
+/// A slot's version names its holder: a takeover expecting the version of the ended run it
+/// replaces can never overwrite a slot another run took meanwhile (no ABA with a counter that
+/// restarts at 1 for every fresh slot).
+fn holder_version(run_id: &str) -> u64 {
+    let digest = Sha256::digest(run_id.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) >> 1
+}
+
+/// A run's place in a concurrency queue: by start time, then id.
+fn queue_id(run: &RunRecord) -> String {
+    format!(
+        "q:{:020}:{}",
+        run.started_at.timestamp_micros().max(0),
+        run.run_id
+    )
 }
 
 fn holder(entry: &Entry) -> &str {
@@ -94,7 +114,7 @@ impl Engine {
         let now = self.now();
         let queued = Entry {
             key: key.clone(),
-            id: format!("q:{}", run.run_id),
+            id: queue_id(run),
             value: json!({"run_id": run.run_id}),
             version: 1,
             expires_at: self.long_expiry(now),
@@ -114,25 +134,25 @@ impl Engine {
             .await?;
         let mine = || async {
             store
-                .delete_entry(key, &format!("q:{}", run.run_id), Expect::Any, now)
+                .delete_entry(key, &queue_id(run), Expect::Any, now)
                 .await
                 .map(|_| true)
         };
         if slots.iter().any(|s| holder(s) == run.run_id) {
             return Ok(mine().await?);
         }
-        let slot = |id: String, version: u64| Entry {
+        let slot = |id: String| Entry {
             key: key.to_owned(),
             id,
             value: json!({"run_id": run.run_id}),
-            version,
+            version: holder_version(&run.run_id),
             expires_at: self.long_expiry(now),
         };
         let taken: HashSet<&str> = slots.iter().map(|s| s.id.as_str()).collect();
         for i in 0..limit {
             let id = format!("slot:{i:04}");
             if !taken.contains(id.as_str())
-                && store.put_entry(&slot(id, 1), Expect::Absent, now).await?
+                && store.put_entry(&slot(id), Expect::Absent, now).await?
             {
                 return Ok(mine().await?);
             }
@@ -145,11 +165,7 @@ impl Engine {
                 .is_none_or(|r| r.status.is_terminal());
             if ended
                 && store
-                    .put_entry(
-                        &slot(s.id.clone(), s.version + 1),
-                        Expect::Version(s.version),
-                        now,
-                    )
+                    .put_entry(&slot(s.id.clone()), Expect::Version(s.version), now)
                     .await?
             {
                 return Ok(mine().await?);
@@ -171,7 +187,7 @@ impl Engine {
         let key = flow_key("conc", function, c.key.as_deref(), &run.event);
         let now = self.now();
         store
-            .delete_entry(&key, &format!("q:{}", run.run_id), Expect::Any, now)
+            .delete_entry(&key, &queue_id(run), Expect::Any, now)
             .await?;
         for s in store
             .list_entries(&key, "slot:", now, c.limit as usize + 1)
@@ -183,7 +199,9 @@ impl Engine {
                     .await?;
             }
         }
-        let next = store.list_entries(&key, "q:", now, 1).await?;
+        let next = store
+            .list_entries(&key, "q:", now, WAKE_PER_RELEASE)
+            .await?;
         let starts = next
             .iter()
             .map(|q| Envelope {
@@ -337,7 +355,7 @@ impl Engine {
         if last.value.get("event_id").and_then(Value::as_str) != Some(event_id) {
             return Ok(());
         }
-        let starts = self.start_run(function, &event, true).await?;
+        let starts = self.start_run(function, &event).await?;
         self.send(starts).await?;
         store
             .delete_entry(&key, "last", Expect::Version(last.version), now)

@@ -87,6 +87,8 @@ struct Inner {
     config: EngineConfig,
     clock: Clock,
     journal_cache: JournalCache,
+    /// The random part of new ids: seeded ([`EngineConfig::id_seed`]) or from entropy.
+    ids: std::sync::Mutex<rand::rngs::StdRng>,
 }
 
 /// A step runs inline only when its timeout plus this still fits before the deadline.
@@ -121,8 +123,14 @@ impl Engine {
                 store,
                 queue,
                 journal_cache: JournalCache::new(config.journal_cache_entries),
+                ids: std::sync::Mutex::new(match config.id_seed {
+                    Some(seed) => rand::SeedableRng::seed_from_u64(seed),
+                    None => rand::SeedableRng::from_os_rng(),
+                }),
+                clock: config
+                    .clock_start
+                    .map_or_else(Clock::new, Clock::starting_at),
                 config,
-                clock: Clock::new(),
             }),
         }
     }
@@ -291,7 +299,7 @@ impl Engine {
     async fn store_event(&self, event: NewEvent) -> Result<(EventRecord, bool), EngineError> {
         let store = self.store();
         let now = self.now();
-        let fresh_id = new_ulid(now);
+        let fresh_id = self.new_id(now);
         let existing = match &event.id {
             Some(key) => {
                 let window = chrono::Duration::from_std(self.limits().idempotency_window)
@@ -329,8 +337,8 @@ impl Engine {
     }
 
     /// Creates the runs an event triggers (ids derived from the event, so a repeat creates
-    /// none) and returns their start messages. A repeat re-sends starts: a start that was lost
-    /// in a crash is recovered, and a duplicate one is harmless.
+    /// none) and returns their start messages, also for runs that existed (see
+    /// [`Engine::start_run`]).
     async fn create_runs(
         &self,
         event: &EventRecord,
@@ -349,20 +357,20 @@ impl Engine {
                 }
                 continue;
             }
-            starts.extend(self.start_run(function, event, repeat).await?);
+            starts.extend(self.start_run(function, event).await?);
         }
         Ok(starts)
     }
 
     /// Creates `function`'s run for `event` (its id derived from both) unless a rate limit
-    /// skips it, and returns its start (delayed by a throttle). `resend`: also when the run
-    /// exists already (recovering a start lost in a crash). A throttled or rate-limited
-    /// function's existing run is left to the sweeper: its start time was decided once.
+    /// skips it, and returns its start (delayed by a throttle). The start goes out even when
+    /// the run existed already: whoever created it may have died before sending its start
+    /// (a duplicate start is harmless). A throttled or rate-limited function's existing run is
+    /// left to the sweeper instead: its start time was decided once.
     async fn start_run(
         &self,
         function: &Function,
         event: &EventRecord,
-        resend: bool,
     ) -> Result<Vec<Envelope>, EngineError> {
         let run_id = run_id_for(&event.id, &function.id);
         let limited = function.flow.rate_limit.is_some() || function.flow.throttle.is_some();
@@ -381,11 +389,8 @@ impl Engine {
             Duration::ZERO
         };
         let run = self.new_run(run_id, function, event.clone(), None);
-        if self.store().create_run(&run).await? || resend {
-            Ok(self.start_messages(function, &run, delay))
-        } else {
-            Ok(Vec::new())
-        }
+        self.store().create_run(&run).await?;
+        Ok(self.start_messages(function, &run, delay))
     }
 
     /// A function with an idempotency field runs once per value: the value is claimed for this
@@ -568,6 +573,15 @@ impl Engine {
     ) -> Result<Option<Inlined>, EngineError> {
         let now = self.now();
         if let Some(due) = message.not_before.filter(|due| *due > now) {
+            // A wait's timeout outlives the wait when its event came first: drop it here
+            // rather than carry it to its due time, 15 minutes (the queue's longest delay) at
+            // a time. A sleep is never final before it is due: it goes on.
+            if let MessageKind::Wake { step_id } = &message.kind {
+                let step = self.store().get_step(&message.run_id, step_id).await?;
+                if step.is_some_and(|s| s.status.is_final()) {
+                    return Ok(None);
+                }
+            }
             return self.send_at(message, due).await.map(|()| None);
         }
         if let MessageKind::Debounce { event_id } = &message.kind {
@@ -1116,7 +1130,12 @@ impl Engine {
                 old.function_id
             ))
         })?;
-        let run = self.new_run(new_ulid(self.now()), function, old.event, Some(old.run_id));
+        let run = self.new_run(
+            self.new_id(self.now()),
+            function,
+            old.event,
+            Some(old.run_id),
+        );
         self.store().create_run(&run).await?;
         self.send(self.start_messages(function, &run, Duration::ZERO))
             .await?;
@@ -1338,8 +1357,15 @@ fn start_message(run: &RunRecord) -> Message {
     }
 }
 
-fn new_ulid(now: DateTime<Utc>) -> String {
-    Ulid::from_parts(now.timestamp_millis().max(0) as u64, rand::random()).to_string()
+impl Engine {
+    /// A new ULID at `now`.
+    fn new_id(&self, now: DateTime<Utc>) -> String {
+        let random: u128 = {
+            let mut rng = self.inner.ids.lock().unwrap_or_else(|e| e.into_inner());
+            rand::Rng::random(&mut *rng)
+        };
+        Ulid::from_parts(now.timestamp_millis().max(0) as u64, random).to_string()
+    }
 }
 
 /// The run an event starts for a function: derived, so re-sending the event (or re-driving its
