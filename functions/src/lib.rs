@@ -32,10 +32,12 @@ pub fn registry() -> Registry {
 /// back, with the examples calling `services`.
 pub fn registry_with(services: Services) -> Registry {
     let services = Arc::new(services);
-    let _ = &services;
     Registry::new()
         .register(examples::order::function())
         .and_then(|r| r.register(examples::order::daily_report()))
+        .and_then(|r| r.register(examples::podcast::function(services.clone())))
+        .and_then(|r| r.register(examples::podcast::on_cancelled(services.clone())))
+        .and_then(|r| r.register(examples::transcripts::function(services.clone())))
         .expect("the example functions are valid")
         // The clip service's task callbacks (`clips/task.updated`), signed over
         // `{timestamp}.{body}`; secret in BATON_WEBHOOK_SECRET_CLIPS.

@@ -1,3 +1,6 @@
 //! Example workloads.
 
+mod llm;
 pub mod order;
+pub mod podcast;
+pub mod transcripts;
