@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::function::FUNCTION_CANCELLED;
+use baton::model::ErrorInfo;
 use baton::{Ctx, Error, Event, FailureData, Function, StepConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -199,11 +200,8 @@ pub fn on_cancelled(services: Arc<Services>) -> Function {
             async move {
                 let cancelled = event.data;
                 let error = match &cancelled.error {
-                    Some(e) => format!(
-                        "{}: {}",
-                        e["name"].as_str().unwrap_or("Cancelled"),
-                        e["message"].as_str().unwrap_or_default()
-                    ),
+                    Some(e) => format!("{}: {}", e.name, e.message),
+                    // Cancelled by hand (DELETE /v1/runs/{id}, a cancel-on event).
                     None => "Cancelled: the run was cancelled".to_owned(),
                 };
                 record_failure(
@@ -224,8 +222,9 @@ pub fn on_cancelled(services: Arc<Services>) -> Function {
 pub struct Cancelled {
     pub run_id: String,
     pub event: Value,
+    /// Why, when the engine cancelled it (`FinishTimeout`, `StartTimeout`).
     #[serde(default)]
-    pub error: Option<Value>,
+    pub error: Option<ErrorInfo>,
 }
 
 async fn generate(
