@@ -32,7 +32,7 @@ pub fn registry() -> Registry {
 /// back, with the examples calling `services`.
 pub fn registry_with(services: Services) -> Registry {
     let services = Arc::new(services);
-    use examples::{clips, transcription};
+    use examples::{clips, podcast, transcription, transcripts};
     Registry::new()
         .register(examples::order::function())
         .and_then(|r| r.register(examples::order::daily_report()))
@@ -40,6 +40,9 @@ pub fn registry_with(services: Services) -> Registry {
         .and_then(|r| r.register(transcription::transcribe_video(services.clone())))
         .and_then(|r| r.register(transcription::generate_embeddings(services.clone())))
         .and_then(|r| r.register(transcription::batch_reprocess(services.clone())))
+        .and_then(|r| r.register(podcast::function(services.clone())))
+        .and_then(|r| r.register(podcast::on_cancelled(services.clone())))
+        .and_then(|r| r.register(transcripts::function(services.clone())))
         .expect("the example functions are valid")
         // The clip service's task callbacks (`clips/task.updated`), signed over
         // `{timestamp}.{body}`; secret in BATON_WEBHOOK_SECRET_CLIPS.

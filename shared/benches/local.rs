@@ -271,6 +271,40 @@ impl Store for TimedStore {
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool> {
         timed!(self, "plan_step", self.inner.plan_step(step))
     }
+    async fn put_entry(
+        &self,
+        entry: &baton::model::Entry,
+        expect: baton::model::Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        timed!(self, "put_entry", self.inner.put_entry(entry, expect, now))
+    }
+    async fn list_entries(
+        &self,
+        key: &str,
+        prefix: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<baton::model::Entry>> {
+        timed!(
+            self,
+            "list_entries",
+            self.inner.list_entries(key, prefix, now, limit)
+        )
+    }
+    async fn delete_entry(
+        &self,
+        key: &str,
+        id: &str,
+        expect: baton::model::Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        timed!(
+            self,
+            "delete_entry",
+            self.inner.delete_entry(key, id, expect, now)
+        )
+    }
     async fn begin_attempt(
         &self,
         run_id: &str,

@@ -1118,3 +1118,43 @@ async fn a_dead_lettered_message_fails_its_run_with_the_reason() {
         "DeadLettered"
     );
 }
+
+/// Regression (found by the podcast example's TTS fan-out): the handler that records a
+/// parallel step replays a second time to catch a join it may have raced (the recheck). That
+/// second pass moved nothing on by itself, so it took the invocation for the redelivery of one
+/// that had died between planning and sending, and sent the messages of the steps its first
+/// pass had just planned and sent again. A duplicate arriving while its step still ran began
+/// the same attempt a second time: every join of slow parallel steps ran bodies twice.
+#[tokio::test(start_paused = true)]
+async fn a_parallel_join_does_not_send_the_next_steps_twice() {
+    let counts: Counts = Default::default();
+    let c = counts.clone();
+    let f = Function::new("slow-fan")
+        .trigger("t/slow-fan")
+        .step("part", StepConfig::default().retries(0))
+        .handler(move |ctx: Ctx, _ev: Event<Value>| {
+            let c = c.clone();
+            async move {
+                ctx.map("part", 0..8u32, 4, move |s, n| {
+                    let c = c.clone();
+                    async move {
+                        bump(&c, &s.step_id);
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        Ok(n)
+                    }
+                })
+                .await
+            }
+        });
+    let rt = start(Registry::new().register(f).unwrap()).await;
+    let ev = send(&rt, "t/slow-fan", json!({})).await;
+    let run = finish(&rt, &ev, "slow-fan").await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+    assert_eq!(run.output, Some(json!([0, 1, 2, 3, 4, 5, 6, 7])));
+    let counts = counts.lock().unwrap().clone();
+    assert_eq!(counts.len(), 8, "{counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "each body runs once: {counts:?}"
+    );
+}

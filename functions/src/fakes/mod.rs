@@ -10,7 +10,9 @@
 
 mod app;
 mod clips;
+mod llm;
 mod ml;
+mod tts;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -137,6 +139,8 @@ impl Fakes {
             .nest("/clips", clips::router())
             .nest("/whisper", ml::whisper_router())
             .nest("/embeddings", ml::embeddings_router())
+            .nest("/llm", llm::router())
+            .nest("/tts", tts::router())
             .nest("/app", app::router())
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

@@ -774,7 +774,12 @@ impl Engine {
                 None,
                 self.now(),
             );
-            let pass = ctx.share().run_pass(handler(ctx, run.event.clone())).await;
+            let mut pass = ctx.share().run_pass(handler(ctx, run.event.clone())).await;
+            // This invocation did move the run on (it recorded its step and sent what the first
+            // pass planned): it is not the redelivery of a handler that died before sending,
+            // so steps planned but not started are not sent again (a duplicate of a step still
+            // running would begin the same attempt twice).
+            pass.target_recorded = true;
             return self
                 .conclude(&run, &function, pass, false, inline.as_ref())
                 .await;
