@@ -36,8 +36,8 @@ use serde_json::{Value, json};
 use baton::engine::run_id_for;
 use baton::local::{LocalOptions, LocalRuntime};
 use baton::model::{
-    Entry, ErrorInfo, EventRecord, Expect, Progress, RunDetail, RunPage, RunQuery, RunRecord,
-    RunTransition, StepOutcome, StepRecord, StepStatus,
+    ErrorInfo, EventRecord, Progress, RunDetail, RunPage, RunQuery, RunRecord, RunTransition,
+    StepOutcome, StepRecord, StepStatus,
 };
 use baton::store::StoreResult;
 use baton::store::sqlite::{Durability, SqliteStore};
@@ -233,40 +233,6 @@ impl Store for TimedStore {
     }
     async fn get_step(&self, run_id: &str, step_id: &str) -> StoreResult<Option<StepRecord>> {
         timed!(self, "get_step", self.inner.get_step(run_id, step_id))
-    }
-    async fn put_entry(
-        &self,
-        entry: &Entry,
-        expect: Expect,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        timed!(self, "put_entry", self.inner.put_entry(entry, expect, now))
-    }
-    async fn list_entries(
-        &self,
-        key: &str,
-        prefix: &str,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> StoreResult<Vec<Entry>> {
-        timed!(
-            self,
-            "list_entries",
-            self.inner.list_entries(key, prefix, now, limit)
-        )
-    }
-    async fn delete_entry(
-        &self,
-        key: &str,
-        id: &str,
-        expect: Expect,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        timed!(
-            self,
-            "delete_entry",
-            self.inner.delete_entry(key, id, expect, now)
-        )
     }
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool> {
         timed!(self, "plan_step", self.inner.plan_step(step))
