@@ -1,9 +1,17 @@
-//! `baton`: the command line. `baton dev` runs the local dev server: the engine, the embedded
-//! SQLite store and the in-process queue in one process, with the app's functions registered.
+//! `baton`: the command line.
+//!
+//! - `baton dev`: the local dev server (engine, embedded SQLite store, in-process queue, the
+//!   API and the dashboard) with the app's functions registered.
+//! - `baton generate`: the deployment files from the function registry.
+//! - `baton send`, `runs`, `run` (`--follow`), `cancel`, `replay`, `functions`: the API's
+//!   operations against the dev server or, with `--url`, a deployment ([`remote`]).
+
+mod remote;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use baton::api::{self, Keys};
@@ -35,6 +43,124 @@ enum Command {
     /// Write the deployment files generated from the function registry: the handler binaries
     /// (functions/src/bin, functions/Cargo.toml's [[bin]] section) and template.yaml.
     Generate(GenerateArgs),
+    /// Send an event: every function it triggers starts a run.
+    Send(SendArgs),
+    /// List runs, newest first.
+    Runs(RunsArgs),
+    /// Show a run and its step timeline; --follow until it ends.
+    Run(RunArgs),
+    /// Cancel a run that has not ended.
+    Cancel(CancelArgs),
+    /// Replay a run, or every failed (or cancelled) run of a function in a time window.
+    Replay(ReplayArgs),
+    /// List functions with their triggers, success rate and p50/p95 duration.
+    Functions(FunctionsArgs),
+}
+
+/// Where the API is. Keys come from the environment: BATON_SIGNING_KEY (sent as
+/// `Authorization: Bearer` on /v1 calls) and BATON_EVENT_KEY (events; default `local`).
+#[derive(clap::Args)]
+struct Remote {
+    /// The API's base URL: the dev server, or a deployment (the stack's ApiUrl).
+    #[arg(long, env = "BATON_URL", default_value = remote::DEFAULT_URL)]
+    url: String,
+}
+
+impl Remote {
+    fn client(&self) -> anyhow::Result<remote::Client> {
+        remote::Client::from_env(&self.url)
+    }
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    /// The event name, e.g. demo/order.placed.
+    name: String,
+    /// The event's data: a JSON object.
+    #[arg(long, default_value = "{}")]
+    data: String,
+    /// An idempotency id: the same id within 24 h starts nothing new.
+    #[arg(long)]
+    id: Option<String>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(clap::Args)]
+struct RunsArgs {
+    /// Only runs of this function.
+    #[arg(long)]
+    function: Option<String>,
+    /// Only runs in this status: Queued, Running, Completed, Failed or Cancelled.
+    #[arg(long)]
+    status: Option<String>,
+    /// Runs per page (1-1000).
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// The page after this cursor (printed at the end of a full page).
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Print the API's JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The run id.
+    id: String,
+    /// Show live progress until the run ends; exit 0 if it completed, 1 if it failed or was
+    /// cancelled (the error is printed).
+    #[arg(long)]
+    follow: bool,
+    /// How often --follow asks, e.g. 500ms or 2s.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Print the API's JSON (after following, the final run).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(clap::Args)]
+struct CancelArgs {
+    /// The run id.
+    id: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The run to replay (a new run of the same function on the same event).
+    #[arg(required_unless_present = "function", conflicts_with_all = ["function", "since", "until"])]
+    id: Option<String>,
+    /// Bulk replay: the function whose runs to replay.
+    #[arg(long, requires = "since")]
+    function: Option<String>,
+    /// Bulk replay: runs in this status (Failed or Cancelled).
+    #[arg(long, default_value = "Failed", value_parser = ["Failed", "Cancelled"])]
+    status: String,
+    /// Bulk replay: runs started within this long before now, e.g. 1h, 30m, 7days.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<Duration>,
+    /// Bulk replay: and at least this long ago (the window's end), e.g. 10m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    until: Option<Duration>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(clap::Args)]
+struct FunctionsArgs {
+    /// The window of the figures, e.g. 1h, 24h, 7d.
+    #[arg(long, default_value = "24h")]
+    window: String,
+    #[command(flatten)]
+    remote: Remote,
 }
 
 #[derive(clap::Args)]
@@ -82,10 +208,49 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,baton=info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
         Command::Dev(args) => dev(args).await,
         Command::Generate(args) => generate(args),
+        Command::Send(args) => {
+            let client = args.remote.client()?;
+            remote::send(&client, &args.name, &args.data, args.id.as_deref()).await
+        }
+        Command::Runs(args) => {
+            if !(1..=1000).contains(&args.limit) {
+                anyhow::bail!("--limit must be from 1 to 1000");
+            }
+            let client = args.remote.client()?;
+            remote::runs(
+                &client,
+                args.function.as_deref(),
+                args.status.as_deref(),
+                args.limit,
+                args.cursor.as_deref(),
+                args.json,
+            )
+            .await
+        }
+        Command::Run(args) => {
+            let client = args.remote.client()?;
+            match remote::run(&client, &args.id, args.follow, args.interval, args.json).await? {
+                remote::RunEnd::Ok => Ok(()),
+                remote::RunEnd::NotCompleted => std::process::exit(1),
+            }
+        }
+        Command::Cancel(args) => remote::cancel(&args.remote.client()?, &args.id).await,
+        Command::Replay(args) => {
+            let client = args.remote.client()?;
+            match (&args.id, &args.function, args.since) {
+                (Some(id), _, _) => remote::replay_one(&client, id).await,
+                (None, Some(function), Some(since)) => {
+                    remote::replay_many(&client, function, &args.status, since, args.until).await
+                }
+                _ => anyhow::bail!("give a run id, or --function and --since"),
+            }
+        }
+        Command::Functions(args) => remote::functions(&args.remote.client()?, &args.window).await,
     }
 }
 
@@ -183,13 +348,20 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         let triggers: Vec<_> = function.triggers.iter().map(|t| t.event.as_str()).collect();
         println!("  {:<28} on {}", function.id, triggers.join(", "));
     }
+    println!("Dashboard: {url}/");
+    let url_flag = if url == remote::DEFAULT_URL {
+        String::new()
+    } else {
+        format!(" --url {url}")
+    };
     println!("Send an event:");
+    println!(
+        "  baton send demo/order.placed{url_flag} --data '{{\"order_id\":\"o-1\",\"items\":[\"book\"],\"flaky_payment\":true}}'"
+    );
     println!(
         "  curl -s {url}/e/dev -H 'content-type: application/json' \\\n    -d '{{\"name\":\"demo/order.placed\",\"data\":{{\"order_id\":\"o-1\",\"items\":[\"book\"],\"flaky_payment\":true}}}}'"
     );
-    println!(
-        "Then: curl -s {url}/v1/events/<event id>/runs   and   curl -s {url}/v1/runs/<run id>"
-    );
+    println!("Then: baton run <run id> --follow{url_flag}   (or curl -s {url}/v1/runs/<run id>)");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await?;

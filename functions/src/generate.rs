@@ -69,36 +69,46 @@ pub const DEAD_LETTERS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Retention of dead letters (SQS's maximum, 14 days).
 pub const DLQ_RETENTION_S: u64 = 14 * 24 * 3600;
 
-/// One HTTP route of API.md: its binary and where API Gateway sends it.
+/// One HTTP route of API.md (or the dashboard): its binary and what API Gateway sends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     pub binary: &'static str,
-    pub method: &'static str,
-    pub path: &'static str,
+    /// `(method, path)` pairs; the first names the route. The dashboard's binary serves all
+    /// of its pages.
+    pub endpoints: &'static [(&'static str, &'static str)],
 }
 
-const fn route(binary: &'static str, method: &'static str, path: &'static str) -> Route {
-    Route {
-        binary,
-        method,
-        path,
+const fn route(binary: &'static str, endpoints: &'static [(&'static str, &'static str)]) -> Route {
+    Route { binary, endpoints }
+}
+
+impl Route {
+    pub fn method(&self) -> &'static str {
+        self.endpoints[0].0
+    }
+    pub fn path(&self) -> &'static str {
+        self.endpoints[0].1
     }
 }
 
 /// Every route [`baton::api::router`] serves.
 pub const ROUTES: &[Route] = &[
-    route("route-events", "POST", "/e/{event_key}"),
-    route("route-functions", "GET", "/v1/functions"),
-    route("route-runs-get", "GET", "/v1/runs/{run_id}"),
-    route("route-runs-list", "GET", "/v1/runs"),
-    route("route-event-runs", "GET", "/v1/events/{event_id}/runs"),
-    route("route-runs-cancel", "DELETE", "/v1/runs/{run_id}"),
-    route("route-runs-replay", "POST", "/v1/runs/{run_id}/replay"),
-    route("route-cancellations", "POST", "/v1/cancellations"),
-    route("route-replays", "POST", "/v1/replays"),
-    route("route-health", "GET", "/health"),
-    route("route-dashboard", "GET", "/"),
-    route("route-webhooks", "POST", "/v1/webhooks/{source}"),
+    route("route-events", &[("POST", "/e/{event_key}")]),
+    route("route-functions", &[("GET", "/v1/functions")]),
+    route(
+        "route-function-stats",
+        &[("GET", "/v1/functions/{function_id}/stats")],
+    ),
+    route("route-runs-get", &[("GET", "/v1/runs/{run_id}")]),
+    route("route-runs-list", &[("GET", "/v1/runs")]),
+    route("route-event-runs", &[("GET", "/v1/events/{event_id}/runs")]),
+    route("route-runs-cancel", &[("DELETE", "/v1/runs/{run_id}")]),
+    route("route-runs-replay", &[("POST", "/v1/runs/{run_id}/replay")]),
+    route("route-cancellations", &[("POST", "/v1/cancellations")]),
+    route("route-replays", &[("POST", "/v1/replays")]),
+    route("route-health", &[("GET", "/health")]),
+    route("route-dashboard", baton::dashboard::ROUTES),
+    route("route-webhooks", &[("POST", "/v1/webhooks/{source}")]),
 ];
 
 /// What a handler binary runs.
@@ -222,7 +232,16 @@ pub fn render(registry: &Registry) -> anyhow::Result<Rendered> {
 fn bin_source(b: &Binary) -> String {
     let (what, call) = match &b.handler {
         Handler::Http(r) => (
-            format!("the HTTP route `{} {}`", r.method, r.path),
+            match r.endpoints {
+                [(method, path)] => format!("the HTTP route `{method} {path}`"),
+                many => format!(
+                    "the HTTP routes:\n{}",
+                    many.iter()
+                        .map(|(method, path)| format!("//! - `{method} {path}`"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+            },
             "run_http",
         ),
         Handler::Step { function_id, step } => (
@@ -690,12 +709,7 @@ fn template(registry: &Registry, binaries: &[Binary]) -> anyhow::Result<String> 
              {webhook_env}\
              {policies}\
              \x20     Events:\n\
-             \x20       Api:\n\
-             \x20         Type: HttpApi\n\
-             \x20         Properties:\n\
-             \x20           ApiId: !Ref HttpApi\n\
-             \x20           Method: {method}\n\
-             \x20           Path: {path}\n",
+             {events}",
             metadata = metadata(r.binary),
             // Only the webhook route sees the webhook secrets.
             webhook_env = if r.binary == "route-webhooks" {
@@ -712,10 +726,38 @@ fn template(registry: &Registry, binaries: &[Binary]) -> anyhow::Result<String> 
             } else {
                 String::new()
             },
-            description = q(&format!("Baton: {} {}", r.method, r.path)),
+            description = q(&match r.endpoints.len() {
+                1 => format!("Baton: {} {}", r.method(), r.path()),
+                n => format!(
+                    "Baton: {} {} and {} more routes",
+                    r.method(),
+                    r.path(),
+                    n - 1
+                ),
+            }),
             timeout = secs(HTTP_TIMEOUT),
-            method = r.method,
-            path = q(r.path),
+            // `Api`, then `Api2`, `Api3`, ... for a binary with several routes.
+            events = r
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, (method, path))| {
+                    format!(
+                        "        Api{n}:\n\
+                         \x20         Type: HttpApi\n\
+                         \x20         Properties:\n\
+                         \x20           ApiId: !Ref HttpApi\n\
+                         \x20           Method: {method}\n\
+                         \x20           Path: {path}\n",
+                        n = if i == 0 {
+                            String::new()
+                        } else {
+                            (i + 1).to_string()
+                        },
+                        path = q(path),
+                    )
+                })
+                .collect::<String>(),
         );
     }
     body.push('\n');
@@ -957,6 +999,33 @@ mod tests {
             names.len(),
             ROUTES.len() + registry.functions().count() + steps + 3
         );
+    }
+
+    #[test]
+    fn every_dashboard_page_has_its_api_gateway_route() {
+        let dashboard = ROUTES
+            .iter()
+            .find(|r| r.binary == "route-dashboard")
+            .expect("a dashboard route");
+        assert_eq!(dashboard.endpoints, baton::dashboard::ROUTES);
+        assert_eq!(dashboard.endpoints[0], ("GET", "/"));
+        // No (method, path) goes to two binaries.
+        let mut seen = BTreeSet::new();
+        for r in ROUTES {
+            for endpoint in r.endpoints {
+                assert!(seen.insert(*endpoint), "{endpoint:?} is routed twice");
+            }
+        }
+        let template = render(&crate::registry()).unwrap().template;
+        for (method, path) in baton::dashboard::ROUTES {
+            assert!(
+                template.contains(&format!(
+                    "Method: {method}\n            Path: {}\n",
+                    q(path)
+                )),
+                "{method} {path} is not in the template"
+            );
+        }
     }
 
     #[test]

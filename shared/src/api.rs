@@ -18,7 +18,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -125,7 +125,7 @@ impl Keys {
 
 /// The keys as the handlers compare them: digests, so the comparison takes the same time
 /// whatever the length or content of the key presented.
-struct KeyDigests {
+pub(crate) struct KeyDigests {
     event_keys: Vec<[u8; 32]>,
     signing_key: Option<[u8; 32]>,
     /// HMAC keys: kept as they are (a digest would be another key).
@@ -160,7 +160,13 @@ impl KeyDigests {
         matched.into()
     }
 
-    fn signing_key_ok(&self, presented: Option<&str>) -> Result<(), &'static str> {
+    /// The signing key's digest (the dashboard keys its session cookies with it), `None`
+    /// when no key is configured.
+    pub(crate) fn signing_key_digest(&self) -> Option<&[u8; 32]> {
+        self.signing_key.as_ref()
+    }
+
+    pub(crate) fn signing_key_ok(&self, presented: Option<&str>) -> Result<(), &'static str> {
         let Some(expected) = &self.signing_key else {
             return Ok(());
         };
@@ -178,13 +184,14 @@ impl KeyDigests {
 // ---- the router ----
 
 #[derive(Clone)]
-struct AppState {
-    engine: Engine,
-    keys: Arc<KeyDigests>,
+pub(crate) struct AppState {
+    pub(crate) engine: Engine,
+    pub(crate) keys: Arc<KeyDigests>,
 }
 
 /// Every route of API.md over `engine`, checking `keys` (webhooks check their own signatures,
-/// not the signing key).
+/// not the signing key), and the dashboard ([`crate::dashboard`], which checks the signing
+/// key its own way: bearer or session cookie, and a login page instead of JSON).
 pub fn router(engine: Engine, keys: Keys) -> Router {
     let state = AppState {
         engine,
@@ -192,13 +199,13 @@ pub fn router(engine: Engine, keys: Keys) -> Router {
     };
     let authed = Router::new()
         .route("/v1/functions", get(list_functions))
+        .route("/v1/functions/{function_id}/stats", get(function_stats))
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{run_id}", get(get_run).delete(cancel_run))
         .route("/v1/runs/{run_id}/replay", post(replay_run))
         .route("/v1/events/{event_id}/runs", get(event_runs))
         .route("/v1/cancellations", post(bulk_cancel))
         .route("/v1/replays", post(bulk_replay))
-        .route("/", get(dashboard))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -210,6 +217,7 @@ pub fn router(engine: Engine, keys: Keys) -> Router {
         .route("/health", get(health))
         .method_not_allowed_fallback(method_not_allowed)
         .merge(authed)
+        .merge(crate::dashboard::routes(state.clone()))
         .fallback(not_found)
         // Bodies are read by the handlers themselves, with the engine's limits, so that a
         // too-large body gets the contract's 413 rather than axum's plain-text one.
@@ -221,9 +229,9 @@ pub fn router(engine: Engine, keys: Keys) -> Router {
 
 /// An error answered as `{"error": message}`.
 #[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
 }
 
 impl ApiError {
@@ -317,7 +325,7 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this route",
@@ -337,7 +345,7 @@ async fn require_signing_key(
 }
 
 /// The token of `Authorization: Bearer <token>` (the scheme is case-insensitive).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -345,13 +353,17 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 // ---- bodies ----
 
-enum BodyError {
+pub(crate) enum BodyError {
     TooLarge,
     Unreadable(String),
 }
 
 /// Reads the whole body, refusing (without reading it all) one over `limit` bytes.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
@@ -801,6 +813,42 @@ async fn list_functions(State(state): State<AppState>) -> Response {
     axum::Json(json!({ "data": data })).into_response()
 }
 
+/// `GET /v1/functions/{function_id}/stats?window=24h`: runs in the window by status, success
+/// rate, p50/p95 duration ([`crate::dashboard::stats`]; at most
+/// [`crate::dashboard::MAX_STATS_RUNS`] runs are read, `truncated` says when there were more).
+async fn function_stats(
+    State(state): State<AppState>,
+    function_id: Result<Path<String>, PathRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(function_id) = function_id.map_err(path_error)?;
+    let Query(params) = params.map_err(query_error)?;
+    if state.engine.registry().get(&function_id).is_none() {
+        return Err(ApiError::not_found(format!(
+            "function {function_id:?} not found"
+        )));
+    }
+    let label = params
+        .iter()
+        .find(|(k, v)| k == "window" && !v.is_empty())
+        .map_or("24h", |(_, v)| v.as_str());
+    let window = crate::dashboard::parse_window(label).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "window must be a duration such as 1h, 24h or 7d, got {label:?}"
+        ))
+    })?;
+    let stats = crate::dashboard::function_stats(
+        state.engine.store().as_ref(),
+        &function_id,
+        label,
+        window,
+        state.engine.now(),
+        crate::dashboard::MAX_STATS_RUNS,
+    )
+    .await?;
+    Ok(axum::Json(json!({ "data": stats.to_json() })).into_response())
+}
+
 /// `GET /v1/runs/{run_id}`
 async fn get_run(
     State(state): State<AppState>,
@@ -974,14 +1022,4 @@ async fn bulk_replay(
 /// `GET /health`
 async fn health(State(state): State<AppState>) -> Response {
     axum::Json(json!({"status": "ok", "backend": state.engine.store().backend()})).into_response()
-}
-
-/// `GET /`: a placeholder until the dashboard is built.
-async fn dashboard() -> Html<&'static str> {
-    Html(concat!(
-        "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>Baton</title></head>\n",
-        "<body>\n<h1>Baton</h1>\n<p>The dashboard is not built yet. ",
-        "Runs are at <a href=\"/v1/runs\">/v1/runs</a>; functions at <a href=\"/v1/functions\">/v1/functions</a>.</p>\n",
-        "</body>\n</html>\n"
-    ))
 }

@@ -11,6 +11,7 @@
 //! - [`store`]: the [`Store`] trait, its backends and the conformance suite.
 //! - [`queue`]: the [`Queue`] trait and the in-process delayed queue.
 //! - [`api`]: the HTTP API of API.md as an axum `Router` (plain request in, response out).
+//! - [`dashboard`]: the dashboard's server-rendered pages, served by the same Router.
 //! - [`aws`]: Lambda adapters over the AWS event types (SQS batches, EventBridge schedules).
 //! - [`local`]: the embedded runtime behind `baton dev`.
 //! - [`cost`]: a meter on the SDK clients: requests and DynamoDB capacity units, in dollars.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod aws;
 pub mod chaos;
 pub mod cost;
+pub mod dashboard;
 pub mod engine;
 pub mod error;
 pub mod function;

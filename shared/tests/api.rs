@@ -666,7 +666,7 @@ async fn v1_and_the_dashboard_need_the_signing_key_when_configured() {
         (Method::GET, "/v1/events/01J00000000000000000000000/runs"),
         (Method::POST, "/v1/cancellations"),
         (Method::POST, "/v1/replays"),
-        (Method::GET, "/"),
+        (Method::GET, "/v1/functions/greet/stats"),
     ];
     for (method, uri) in routes {
         for bearer in [None, Some("wrong"), Some("sk-secre"), Some("")] {
@@ -674,6 +674,12 @@ async fn v1_and_the_dashboard_need_the_signing_key_when_configured() {
             assert_error(status, &reply, StatusCode::UNAUTHORIZED, "signing key");
         }
     }
+    // The dashboard answers its sign-in form instead (tests/dashboard.rs).
+    let reply = api
+        .raw(Request::get("/").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert!(reply.text.contains("action=\"/login\""), "{}", reply.text);
     // The right key passes.
     let (status, reply) = api
         .call(Method::GET, "/v1/runs", None, Some("sk-secret"))
@@ -1194,22 +1200,6 @@ async fn functions_are_listed_with_their_steps_and_triggers() {
         json!([{"event": "clips/task.cancelled", "match": "data.task_id"}])
     );
     assert_eq!(clip["timeouts"], json!({"start_s": null, "finish_s": 600}));
-}
-
-#[tokio::test]
-async fn the_dashboard_is_a_placeholder_page() {
-    let api = start().await;
-    let reply = api
-        .raw(Request::get("/").body(Body::empty()).unwrap())
-        .await;
-    assert_eq!(reply.status, StatusCode::OK);
-    assert!(
-        reply.content_type.starts_with("text/html"),
-        "{}",
-        reply.content_type
-    );
-    assert!(reply.text.contains("not built yet"));
-    assert!(reply.text.contains("href=\"/v1/runs\""));
 }
 
 #[tokio::test]
