@@ -178,6 +178,40 @@ fn follow_shows_progress_to_100_and_exits_0_on_completion() {
     assert_eq!(value["status"], "Completed");
 }
 
+/// The issue's case: a podcast (outline, script, audio, upload, complete against the dev
+/// server's fake services) followed while it runs reports each stage's progress up to 100.
+#[test]
+fn follow_on_a_running_podcast_shows_each_stage_up_to_100() {
+    let server = DevServer::start(&[]);
+    let sent = server
+        .baton(
+            &[
+                "send",
+                "podcast/generate.requested",
+                "--data",
+                r#"{"podcast_id":"p-cli","topic":"Lighthouses","user_id":"u-1"}"#,
+            ],
+            &[],
+        )
+        .ok();
+    let run_id = sent.id_after("run", "generate-podcast");
+    let follow = server
+        .baton(&["run", &run_id, "--follow", "--interval", "20ms"], &[])
+        .ok();
+    let out = &follow.stdout;
+    let seen = percents(out);
+    assert_eq!(seen.last(), Some(&100), "{out}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(
+        seen.iter().filter(|p| **p > 0 && **p < 100).count() >= 1,
+        "progress moved through the stages: {seen:?}\n{out}"
+    );
+    assert!(
+        out.contains(&format!("run {run_id}  generate-podcast  Completed")),
+        "{out}"
+    );
+}
+
 #[test]
 fn follow_exits_non_zero_with_the_error_when_the_run_fails() {
     let server = DevServer::start(&[]);
