@@ -666,11 +666,7 @@ impl DynamoStore {
             .expression_attribute_names("#pk", "PK")
             .send()
             .await;
-        match put {
-            Ok(_) => Ok(true),
-            Err(e) if condition_failed(&e) => Ok(false),
-            Err(e) => Err(backend("PutItem", e)),
-        }
+        applied("PutItem", put)
     }
 
     /// One conditional `UpdateItem`. The condition always includes `attribute_exists(PK)`, so
@@ -705,11 +701,7 @@ impl DynamoStore {
             .set_expression_attribute_values((!expr.values.is_empty()).then_some(expr.values))
             .send()
             .await;
-        match out {
-            Ok(_) => Ok(true),
-            Err(e) if condition_failed(&e) => Ok(false),
-            Err(e) => Err(backend("UpdateItem", e)),
-        }
+        applied("UpdateItem", out)
     }
 
     fn ttl_after(&self, t: DateTime<Utc>) -> i64 {
@@ -1177,6 +1169,19 @@ fn error_code<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&str> {
 
 fn condition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     error_code(e) == Some("ConditionalCheckFailedException")
+}
+
+/// A conditional write's answer: true when applied, false when its condition failed.
+fn applied<T, E, R>(op: &str, result: Result<T, SdkError<E, R>>) -> StoreResult<bool>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if condition_failed(&e) => Ok(false),
+        Err(e) => Err(backend(op, e)),
+    }
 }
 
 // ---- listing ----
@@ -1693,11 +1698,7 @@ impl Store for DynamoStore {
             .set_expression_attribute_values((!expr.values.is_empty()).then_some(expr.values))
             .send()
             .await;
-        match put {
-            Ok(_) => Ok(true),
-            Err(e) if condition_failed(&e) => Ok(false),
-            Err(e) => Err(backend("PutItem", e)),
-        }
+        applied("PutItem", put)
     }
 
     async fn list_entries(
@@ -1755,11 +1756,7 @@ impl Store for DynamoStore {
             .set_expression_attribute_values((!expr.values.is_empty()).then_some(expr.values))
             .send()
             .await;
-        match out {
-            Ok(_) => Ok(true),
-            Err(e) if condition_failed(&e) => Ok(false),
-            Err(e) => Err(backend("DeleteItem", e)),
-        }
+        applied("DeleteItem", out)
     }
 }
 
