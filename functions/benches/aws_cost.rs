@@ -7,6 +7,9 @@
 //! BATON_MOTO_ENDPOINT=$(scripts/moto) cargo bench -p baton-functions --bench aws_cost
 //! ```
 //!
+//! `BATON_COST_WAITS=N` (default 20; 0 skips it) also measures what a wait for an event costs:
+//! runs that each wait for their own event, the events sent once every run waits.
+//!
 //! `BATON_COST_SCENARIOS="10x20,100x4,1000x1,100x4/alt,1000x1/alt"` (steps x runs; `/alt`:
 //! the steps alternate between two step functions, so none runs inline after another) picks
 //! the scenarios.
@@ -17,7 +20,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use baton::cost::Prices;
-use baton::{Ctx, EngineConfig, Error, Event, Function, Registry, RunStatus, StepConfig};
+use baton::{
+    Ctx, EngineConfig, Error, Event, Function, Registry, RunStatus, StepConfig, Store, WaitFor,
+};
 use serde::Deserialize;
 use serde_json::json;
 use support::aws::{ConsumeOptions, Deployment};
@@ -53,6 +58,80 @@ fn chain() -> Function {
             }
             Ok::<_, Error>(last)
         })
+}
+
+/// Waits for `bench/reply` whose `data.key` is its own event's.
+fn waiter() -> Function {
+    Function::new("waiter")
+        .trigger("bench/wait")
+        .waits_for("bench/reply", "data.key")
+        .handler(|ctx: Ctx, _event: Event<serde_json::Value>| async move {
+            let reply: Option<Event<serde_json::Value>> = ctx
+                .wait_for_event(
+                    "reply",
+                    WaitFor::event("bench/reply", Duration::from_secs(3600))
+                        .matching_run_event("data.key"),
+                )
+                .await?;
+            Ok::<_, Error>(reply.is_some())
+        })
+}
+
+/// What `n` waits cost, from the start of their runs to their end, per wait.
+async fn measure_waits(n: u32, prices: &Prices) {
+    let registry = Registry::new().register(waiter()).unwrap();
+    let deployment = Deployment::start(registry, EngineConfig::default()).await;
+    let consumers = deployment.consume(ConsumeOptions::default()).await;
+    let before = deployment.meter.usage();
+    let starts: Vec<_> = (0..n)
+        .map(|k| json!({"name": "bench/wait", "data": {"key": k}}))
+        .collect();
+    let ids = deployment.send(&json!(starts)).await;
+    // Every run waits (its wait step is in the journal) before the replies go.
+    for id in &ids {
+        loop {
+            let runs = deployment.observer.runs_for_event(id).await.unwrap();
+            let waiting = match runs.first() {
+                Some(run) => deployment
+                    .observer
+                    .get_step(&run.run_id, "reply")
+                    .await
+                    .unwrap()
+                    .is_some(),
+                None => false,
+            };
+            if waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let replies: Vec<_> = (0..n)
+        .map(|k| json!({"name": "bench/reply", "data": {"key": k}}))
+        .collect();
+    deployment.send(&json!(replies)).await;
+    for run in deployment
+        .wait_quietly(&ids, Duration::from_secs(600))
+        .await
+    {
+        assert_eq!(run.output, Some(json!(true)), "{run:?}");
+    }
+    consumers.stop().await;
+    let usage = deployment.meter.usage().since(&before);
+    let per = |x: f64| x / f64::from(n);
+    println!("\n{n} waits (a run's start, its wait, the reply event, its end):\n{usage}\n");
+    println!(
+        "| per wait | SQS req. | DynamoDB req. | WCU | RCU | $ per million waits (no Lambda) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| start + wait + reply + end | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        per(usage.sqs_requests_busy() as f64),
+        per(usage.requests_of("dynamodb") as f64),
+        per(usage.write_units),
+        per(usage.read_units),
+        usage.dollars(prices) / f64::from(n) * 1e6,
+    );
 }
 
 struct Row {
@@ -138,6 +217,13 @@ async fn main() {
             handler_ms,
             dollars: (usage.dollars(&prices) + lambda) / steps * 1e6,
         });
+    }
+    let waits: u32 = std::env::var("BATON_COST_WAITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    if waits > 0 {
+        measure_waits(waits, &prices).await;
     }
     println!(
         "\nper step (the driver watches runs through an unmetered client; SQS without idle polls; Lambda at \
