@@ -1562,21 +1562,36 @@ mod tests {
         let missing = check(root, &registry).unwrap();
         assert!(missing.contains(&Drift::Missing(TEMPLATE.into())));
         assert!(missing.contains(&Drift::Differs(FUNCTIONS_MANIFEST.into())));
+        assert!(missing.contains(&Drift::Missing(VERCEL_JSON.into())));
+        // No vercel/Cargo.toml yet: it is written whole.
+        assert!(missing.contains(&Drift::Missing(VERCEL_MANIFEST.into())));
         write(root, &registry).unwrap();
         assert_eq!(check(root, &registry).unwrap(), vec![]);
+        let vercel_manifest = std::fs::read_to_string(root.join(VERCEL_MANIFEST)).unwrap();
+        assert!(vercel_manifest.starts_with(VERCEL_MANIFEST_BASE));
+        assert!(vercel_manifest.contains("path = \"api/route-events.rs\""));
 
         std::fs::write(root.join(TEMPLATE), "Resources: {}\n").unwrap();
+        std::fs::write(root.join(VERCEL_JSON), "{}\n").unwrap();
         let stale = PathBuf::from(BIN_DIR).join("step-gone--away.rs");
         std::fs::write(root.join(&stale), format!("// {GENERATED}.\n")).unwrap();
+        let stale_vercel = PathBuf::from(VERCEL_API_DIR).join("step-gone--away.rs");
+        std::fs::write(root.join(&stale_vercel), format!("// {GENERATED}.\n")).unwrap();
         let hand_written = root.join(BIN_DIR).join("mine.rs");
         std::fs::write(&hand_written, "fn main() {}\n").unwrap();
         assert_eq!(
             check(root, &registry).unwrap(),
-            vec![Drift::Differs(TEMPLATE.into()), Drift::Stale(stale.clone())]
+            vec![
+                Drift::Differs(TEMPLATE.into()),
+                Drift::Differs(VERCEL_JSON.into()),
+                Drift::Stale(stale.clone()),
+                Drift::Stale(stale_vercel.clone()),
+            ]
         );
         write(root, &registry).unwrap();
         assert_eq!(check(root, &registry).unwrap(), vec![]);
         assert!(!root.join(&stale).exists());
+        assert!(!root.join(&stale_vercel).exists());
         assert!(hand_written.exists());
     }
 
@@ -1593,5 +1608,155 @@ mod tests {
             let tail = name.strip_prefix(prefix).unwrap();
             assert!(template.contains(&format!("!Sub \"${{QueuePrefix}}{tail}\"")));
         }
+    }
+
+    fn one_step_registry(config: StepConfig) -> Registry {
+        Registry::new()
+            .register(Function::new("f").trigger("t/x").step("s", config).handler(
+                |_ctx: baton::Ctx, _ev: baton::Event<serde_json::Value>| async move {
+                    Ok::<_, baton::Error>(())
+                },
+            ))
+            .unwrap()
+    }
+
+    #[test]
+    fn route_paths_become_anchored_patterns_without_named_groups() {
+        assert_eq!(vercel_route_src("/"), "^/$");
+        assert_eq!(vercel_route_src("/v1/runs"), "^/v1/runs$");
+        assert_eq!(vercel_route_src("/v1/runs/{run_id}"), "^/v1/runs/([^/]+)$");
+        assert_eq!(
+            vercel_route_src("/v1/events/{event_id}/runs"),
+            "^/v1/events/([^/]+)/runs$"
+        );
+        assert_eq!(vercel_route_src("/a.b"), "^/a\\.b$");
+    }
+
+    #[test]
+    fn vercel_json_sends_every_route_to_its_function() {
+        let registry = crate::registry();
+        let rendered = render(&registry).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&rendered.vercel_json).unwrap();
+        let functions = json["functions"].as_object().unwrap();
+        let routes = json["routes"].as_array().unwrap();
+        let mut seen = BTreeSet::new();
+        let mut expected_routes = 0;
+        for r in ROUTES {
+            let source = format!("api/{}.rs", r.binary);
+            assert_eq!(
+                functions[&source],
+                serde_json::json!({"maxDuration": 30, "memory": 1024}),
+                "{source}"
+            );
+            assert!(
+                rendered
+                    .vercel_functions
+                    .contains_key(&format!("vercel/{source}"))
+            );
+            for (method, path) in r.endpoints {
+                expected_routes += 1;
+                let matching: Vec<&serde_json::Value> = routes
+                    .iter()
+                    .filter(|route| {
+                        route["src"] == vercel_route_src(path)
+                            && route["methods"] == serde_json::json!([method])
+                    })
+                    .collect();
+                assert_eq!(matching.len(), 1, "{method} {path}: {matching:?}");
+                assert_eq!(matching[0]["dest"], format!("/api/{}", r.binary));
+                assert!(seen.insert((method, vercel_route_src(path))));
+            }
+        }
+        assert_eq!(
+            routes.len(),
+            expected_routes,
+            "a route per method and path, no more"
+        );
+        // The steps hosted on Vercel: a function each with the step's memory and its timeout
+        // plus the engine's margin, no route (only their relay calls them).
+        let steps = vercel_steps(&registry);
+        assert_eq!(functions.len(), ROUTES.len() + steps.len());
+        for (f, step, config) in steps {
+            let source = format!("api/step-{}--{step}.rs", f.id);
+            assert_eq!(
+                functions[&source],
+                serde_json::json!({
+                    "maxDuration": (config.timeout + crate::vercel::STEP_MARGIN).as_secs(),
+                    "memory": config.memory_mb,
+                }),
+                "{source}"
+            );
+            let code = &rendered.vercel_functions[&format!("vercel/{source}")];
+            assert!(
+                code.contains(&format!("run_step(\"{}\", \"{step}\")", f.id)),
+                "{code}"
+            );
+            assert!(rendered.vercel_manifest_section.contains(&format!(
+                "name = \"vercel-step-{}--{step}\"\npath = \"{source}\"",
+                f.id
+            )));
+        }
+    }
+
+    #[test]
+    fn a_vercel_step_is_relayed_from_its_queue_and_gets_no_lambda() {
+        let registry = one_step_registry(
+            StepConfig::default()
+                .timeout(Duration::from_secs(100))
+                .memory_mb(512)
+                .host(Host::Vercel),
+        );
+        let rendered = render(&registry).unwrap();
+        let t = &rendered.template;
+        assert!(!t.contains("StepFSFunction:"), "no Lambda of its own");
+        assert!(!rendered.bins.contains_key("functions/src/bin/step-f--s.rs"));
+        assert!(rendered.bins.contains_key("functions/src/bin/relay.rs"));
+        // The relay waits the function's maxDuration (100 + 30) plus 10 s, and its Lambda 10 s
+        // more; the queue hides a message for 6 times the Lambda's timeout.
+        let relay = &t[t.find("  RelayFSFunction:").expect("a relay")..];
+        let relay = &relay[..relay.find("\n  # ").unwrap_or(relay.len())];
+        for line in [
+            "Binary: relay",
+            "Timeout: 150",
+            "BATON_RELAY_URL: !Sub \"${VercelUrl}/api/step-f--s\"",
+            "BATON_RELAY_SECRET: !Ref RelaySecret",
+            "BATON_RELAY_TIMEOUT_S: \"140\"",
+            "Queue: !GetAtt StepFSQueue.Arn",
+            "- ReportBatchItemFailures",
+        ] {
+            assert!(relay.contains(line), "{line:?} missing in:\n{relay}");
+        }
+        assert!(
+            !relay.contains("DynamoDBCrudPolicy"),
+            "a relay touches no table"
+        );
+        assert!(t.contains("VisibilityTimeout: 900\n"));
+        assert!(t.contains("  VercelUrl:\n") && t.contains("  RelaySecret:\n"));
+        // No step on Vercel: no relay, no parameters for one.
+        let lambda_only = render(&one_step_registry(StepConfig::default())).unwrap();
+        assert!(!lambda_only.template.contains("VercelUrl"));
+        assert!(!lambda_only.bins.contains_key("functions/src/bin/relay.rs"));
+        assert!(lambda_only.template.contains("StepFSFunction:"));
+    }
+
+    #[test]
+    fn vercel_steps_must_fit_vercels_limits() {
+        let too_long = one_step_registry(
+            StepConfig::default()
+                .timeout(Duration::from_secs(780))
+                .host(Host::Vercel),
+        );
+        let e = render(&too_long).unwrap_err().to_string();
+        assert!(e.contains("maxDuration"), "{e}");
+        let too_big = one_step_registry(StepConfig::default().memory_mb(8192).host(Host::Vercel));
+        let e = render(&too_big).unwrap_err().to_string();
+        assert!(e.contains("memory"), "{e}");
+        // 770 + 30 = 800 s: the longest that fits.
+        let longest = one_step_registry(
+            StepConfig::default()
+                .timeout(Duration::from_secs(770))
+                .host(Host::Vercel),
+        );
+        render(&longest).unwrap();
     }
 }
