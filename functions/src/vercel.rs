@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::SqsEvent;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -228,14 +228,6 @@ async fn step(
     }
 }
 
-/// One SQS record carrying `body`, for callers that build a batch by hand.
-pub fn record(message_id: &str, body: &str) -> SqsMessage {
-    let mut m = SqsMessage::default();
-    m.message_id = Some(message_id.to_owned());
-    m.body = Some(body.to_owned());
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -250,6 +242,13 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "relay-secret-0123456789-0123456789";
+
+    fn record(message_id: &str, body: &str) -> aws_lambda_events::event::sqs::SqsMessage {
+        let mut m = aws_lambda_events::event::sqs::SqsMessage::default();
+        m.message_id = Some(message_id.to_owned());
+        m.body = Some(body.to_owned());
+        m
+    }
 
     /// The order example on an in-memory store, run until charge-card's first message is
     /// queued (every other queue handled in-process); returns the engine, the store, that
