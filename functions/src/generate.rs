@@ -1759,4 +1759,51 @@ mod tests {
         );
         render(&longest).unwrap();
     }
+
+    #[test]
+    fn the_vercel_policy_allows_every_table_operation_of_the_store() {
+        // Every DynamoDB operation the store's code calls (`.get_item()`, ...), as an IAM
+        // action; creating the table and waiting for it are for tests and set-up only.
+        let code = include_str!("../../shared/src/store/dynamodb.rs");
+        let mut used = BTreeSet::new();
+        for (i, _) in code.match_indices("()\n") {
+            let start = code[..i].rfind('.').unwrap_or(i) + 1;
+            let name = &code[start..i];
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                used.insert(name.to_owned());
+            }
+        }
+        let operations = [
+            "get_item",
+            "batch_get_item",
+            "put_item",
+            "update_item",
+            "delete_item",
+            "query",
+            "scan",
+            "batch_write_item",
+            "transact_write_items",
+            "transact_get_items",
+        ];
+        let action = |op: &str| format!("dynamodb:{}", pascal(op));
+        let mut found = 0;
+        for op in operations {
+            if used.contains(op) {
+                found += 1;
+                assert!(
+                    VERCEL_TABLE_ACTIONS.contains(&action(op).as_str()),
+                    "the store calls {op} but VercelAccessPolicy does not allow {}",
+                    action(op)
+                );
+            }
+        }
+        assert!(
+            found >= 5,
+            "the scan found the store's operations: {used:?}"
+        );
+        let template = render(&crate::registry()).unwrap().template;
+        for a in VERCEL_TABLE_ACTIONS {
+            assert!(template.contains(&format!("              - {a}\n")), "{a}");
+        }
+    }
 }
