@@ -41,7 +41,8 @@ enum Command {
     /// Run the local dev server with the app's functions (embedded store, no AWS account).
     Dev(DevArgs),
     /// Write the deployment files generated from the function registry: the handler binaries
-    /// (functions/src/bin, functions/Cargo.toml's [[bin]] section) and template.yaml.
+    /// (functions/src/bin, functions/Cargo.toml's [[bin]] section), template.yaml, and the
+    /// Vercel functions (vercel/api, vercel/Cargo.toml's [[bin]] section, vercel/vercel.json).
     Generate(GenerateArgs),
     /// Send an event: every function it triggers starts a run.
     Send(SendArgs),
@@ -168,7 +169,7 @@ struct GenerateArgs {
     /// Compare instead of writing: exit non-zero listing the files that differ.
     #[arg(long)]
     check: bool,
-    /// The workspace root (holding template.yaml and functions/).
+    /// The workspace root (holding template.yaml, functions/ and vercel/).
     #[arg(long, default_value = ".")]
     root: PathBuf,
 }

@@ -23,7 +23,6 @@ use baton::Store as _;
 use baton::model::{MessageKind, QueueName, RunStatus};
 use baton::queue::sqs::{QueueNaming, SqsQueue, decode_message};
 use baton::store::dynamodb::DynamoStore;
-use baton_functions::generate::{Handler, binaries};
 use serde_json::{Value, json};
 
 /// moto's default account (its queue URLs are `{endpoint}/{account}/{name}`).
@@ -99,15 +98,9 @@ async fn aws() -> Aws {
         aws_sdk_sqs::Client::new(&config),
         QueueNaming::new(prefix.clone(), url_prefix.clone()),
     );
-    // Every queue the generated handlers consume, as template.yaml declares them.
-    let queues: Vec<QueueName> = binaries(&baton_functions::registry())
-        .into_iter()
-        .filter_map(|b| match b.handler {
-            Handler::Step { function_id, step } => Some(QueueName::Step { function_id, step }),
-            Handler::Continue { function_id } => Some(QueueName::Continue { function_id }),
-            _ => None,
-        })
-        .collect();
+    // Every queue of the registry, as template.yaml declares them (a step hosted on Vercel
+    // has its queue too, consumed there by its relay).
+    let queues: Vec<QueueName> = baton_functions::registry().queues();
     queue
         .create_queues(&queues, true)
         .await

@@ -1,5 +1,6 @@
 //! The committed deployment files (handler binaries, functions/Cargo.toml's `[[bin]]` section,
-//! template.yaml) must be what the function registry generates.
+//! template.yaml, the Vercel functions in vercel/api/ with vercel/Cargo.toml's `[[bin]]`
+//! section and vercel/vercel.json) must be what the function registry generates.
 
 #[test]
 fn generated_files_match_the_registry() {

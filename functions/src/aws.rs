@@ -17,6 +17,8 @@
 //! - [`run_dead_letters`]: every dead-letter queue: fails the message's run.
 //! - [`run_sweeper`]: the EventBridge schedule re-driving stale runs.
 //! - [`run_http`]: an API Gateway HTTP API (payload v2) route, served by the axum router.
+//! - [`run_relay`]: the queue of a step hosted on Vercel: each batch is posted, signed, to the
+//!   step's Vercel function ([`crate::relay`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +38,9 @@ pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(900);
 fn required(name: &str) -> anyhow::Result<String> {
     match std::env::var(name) {
         Ok(value) if !value.trim().is_empty() => Ok(value),
-        _ => anyhow::bail!("{name} is not set (template.yaml sets it on every Baton function)"),
+        _ => anyhow::bail!(
+            "{name} is not set (template.yaml sets it on every Baton Lambda; on Vercel, set it in the project's environment variables from the stack's outputs)"
+        ),
     }
 }
 
@@ -101,6 +105,25 @@ pub async fn run_queue_consumer() -> anyhow::Result<()> {
         Ok::<SqsBatchResponse, lambda_runtime::Error>(
             baton::aws::handle_queue_batch(engine, event.payload, Some(deadline)).await,
         )
+    }))
+    .await
+    .map_err(lambda_error)
+}
+
+/// The queue of a step hosted on Vercel: each batch goes, signed, to `BATON_RELAY_URL`; the
+/// messages the step function reports failed, or all of them when the call fails or times out,
+/// go back to the queue. The call's timeout is `BATON_RELAY_TIMEOUT_S`, cut to what is left of
+/// the invocation (less 2 s to answer Lambda).
+pub async fn run_relay() -> anyhow::Result<()> {
+    init_tracing();
+    let relay = crate::relay::Relay::new(crate::relay::RelayConfig::from_env()?);
+    let relay = &relay;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let left = deadline_of(&event.context)
+            .saturating_duration_since(tokio::time::Instant::now())
+            .saturating_sub(Duration::from_secs(2));
+        let delivery = relay.deliver(&event.payload, left).await;
+        Ok::<SqsBatchResponse, lambda_runtime::Error>(delivery.response)
     }))
     .await
     .map_err(lambda_error)

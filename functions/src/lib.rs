@@ -1,13 +1,17 @@
 //! The app's durable functions: the example workloads `baton dev` serves. The registry built
 //! here is the single source of truth for handlers, queues and the generated files
-//! ([`generate`]: the handler binaries in `src/bin/` and template.yaml; vercel.json later).
-//! [`aws`] holds what each Lambda handler binary runs.
+//! ([`generate`]: the Lambda handler binaries in `src/bin/`, template.yaml, and the Vercel
+//! functions in `vercel/` with vercel.json). [`aws`] holds what each Lambda handler binary
+//! runs, [`vercel`] what each Vercel function runs, [`relay`] how steps hosted on Vercel get
+//! their messages.
 
 pub mod aws;
 pub mod examples;
 pub mod fakes;
 pub mod generate;
+pub mod relay;
 pub mod services;
+pub mod vercel;
 
 use std::sync::Arc;
 

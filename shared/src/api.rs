@@ -545,6 +545,7 @@ fn function_json(f: &Function) -> Value {
                 "timeout_s": seconds(config.timeout),
                 "memory_mb": config.memory_mb,
                 "retries": f.step_retries(name),
+                "host": config.host.as_str(),
             })
         })
         .collect();

@@ -1338,11 +1338,16 @@ async fn functions_page(
             .iter()
             .map(|(name, c)| {
                 format!(
-                    "<code>{}</code> <span class=\"note\">{} · {} MB · {} retries</span>",
+                    "<code>{}</code> <span class=\"note\">{} · {} MB · {} retries{}</span>",
                     esc(name),
                     secs(c.timeout),
                     c.memory_mb,
-                    f.step_retries(name)
+                    f.step_retries(name),
+                    if c.host == crate::function::Host::Vercel {
+                        " · on Vercel"
+                    } else {
+                        ""
+                    }
                 )
             })
             .collect();
@@ -1443,18 +1448,22 @@ async fn function_page(
     for (name, c) in &f.steps {
         let _ = write!(
             steps,
-            "<tr><td class=\"mono\">{}</td><td class=\"num\">{}</td><td class=\"num\">{} MB</td><td class=\"num\">{}</td></tr>",
+            "<tr><td class=\"mono\">{}</td><td class=\"num\">{}</td><td class=\"num\">{} MB</td><td class=\"num\">{}</td><td>{}</td></tr>",
             esc(name),
             secs(c.timeout),
             c.memory_mb,
-            f.step_retries(name)
+            f.step_retries(name),
+            match c.host {
+                crate::function::Host::Lambda => "Lambda",
+                crate::function::Host::Vercel => "Vercel",
+            }
         );
     }
     let steps = if steps.is_empty() {
         "<p class=\"empty\">No declared steps (sleeps and events need none).</p>".to_string()
     } else {
         format!(
-            "<table><thead><tr><th>Step</th><th>Timeout</th><th>Memory</th><th>Retries</th></tr></thead><tbody>{steps}</tbody></table>"
+            "<table><thead><tr><th>Step</th><th>Timeout</th><th>Memory</th><th>Retries</th><th>Host</th></tr></thead><tbody>{steps}</tbody></table>"
         )
     };
     let flow: String = flow_control(&f)

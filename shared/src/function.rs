@@ -105,14 +105,38 @@ impl FlowControl {
     }
 }
 
+/// Where a declared step's handler is deployed (`baton generate` reads it). Every step has its
+/// own SQS queue either way; only who consumes it differs. Local mode ignores it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Host {
+    /// A Lambda function consumes the step's queue (`step-{function}--{step}`).
+    #[default]
+    Lambda,
+    /// A Vercel function executes the step (`vercel/api/step-{function}--{step}.rs`); a relay
+    /// Lambda consumes the step's queue and posts each batch to it, signed.
+    Vercel,
+}
+
+impl Host {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Host::Lambda => "lambda",
+            Host::Vercel => "vercel",
+        }
+    }
+}
+
 /// Resources and retry policy of one declared step: the unit that becomes its own handler
-/// binary, Lambda function and queue.
+/// binary, Lambda (or Vercel) function and queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepConfig {
     pub timeout: Duration,
     pub memory_mb: u32,
     /// Retries after the first attempt; `None` takes the function's default.
     pub retries: Option<u32>,
+    /// Where the step runs when deployed ([`Host::Lambda`] unless said).
+    #[serde(default)]
+    pub host: Host,
 }
 
 impl Default for StepConfig {
@@ -121,6 +145,7 @@ impl Default for StepConfig {
             timeout: Duration::from_secs(60),
             memory_mb: 256,
             retries: None,
+            host: Host::Lambda,
         }
     }
 }
@@ -136,6 +161,11 @@ impl StepConfig {
     }
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = Some(retries);
+        self
+    }
+    /// Deploys the step as a Vercel function ([`Host::Vercel`]) instead of a Lambda.
+    pub fn host(mut self, host: Host) -> Self {
+        self.host = host;
         self
     }
 }

@@ -35,7 +35,7 @@ pub mod webhook;
 
 pub use engine::{Ctx, Engine, EngineConfig, Limits, NewEvent, StepCtx, WaitFor};
 pub use error::{EngineError, Error, ErrorKind, StepError};
-pub use function::{Event, FailureData, Function, Registry, StepConfig};
+pub use function::{Event, FailureData, Function, Host, Registry, StepConfig};
 pub use model::{RunStatus, StepStatus};
 pub use queue::Queue;
 pub use store::Store;

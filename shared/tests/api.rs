@@ -1167,7 +1167,7 @@ async fn functions_are_listed_with_their_steps_and_triggers() {
     assert_eq!(greet["triggers"], json!([{"event": "test/greet"}]));
     assert_eq!(
         greet["steps"],
-        json!([{"name": "hello", "timeout_s": 60, "memory_mb": 256, "retries": 3}])
+        json!([{"name": "hello", "timeout_s": 60, "memory_mb": 256, "retries": 3, "host": "lambda"}])
     );
     assert_eq!(greet["retries"], 3);
     assert_eq!(greet["concurrency"], json!([]));
@@ -1177,7 +1177,7 @@ async fn functions_are_listed_with_their_steps_and_triggers() {
     assert_eq!(failer["on_failure"], true);
     assert_eq!(
         failer["steps"],
-        json!([{"name": "boom", "timeout_s": 1.5, "memory_mb": 512, "retries": 0}])
+        json!([{"name": "boom", "timeout_s": 1.5, "memory_mb": 512, "retries": 0, "host": "lambda"}])
     );
 
     let handler = by_id("failer-failure");

@@ -2,13 +2,17 @@
 //! steps, parallel steps, a retry that succeeds, progress, a durable sleep, a non-retriable
 //! failure and a failure handler.
 //!
+//! Deployed, `charge-card` and `send-receipt` run as Vercel functions (`Host::Vercel`: short
+//! steps that call an outside HTTP API, the kind worth hosting next to the app), reached
+//! through the relay Lambda on their queues; the other steps run on Lambda.
+//!
 //! ```text
 //! curl -s localhost:8288/e/dev -d '{"name":"demo/order.placed","data":{"order_id":"o-1","items":["book"],"flaky_payment":true}}'
 //! ```
 
 use std::time::Duration;
 
-use baton::{Ctx, Error, Event, FailureData, Function, StepConfig, StepError};
+use baton::{Ctx, Error, Event, FailureData, Function, Host, StepConfig, StepError};
 use serde::{Deserialize, Serialize};
 
 pub const EVENT: &str = "demo/order.placed";
@@ -54,13 +58,15 @@ pub fn function() -> Function {
             "charge-card",
             StepConfig::default()
                 .timeout(Duration::from_secs(30))
-                .retries(4),
+                .retries(4)
+                .host(Host::Vercel),
         )
         .step(
             "send-receipt",
             StepConfig::default()
                 .timeout(Duration::from_secs(15))
-                .memory_mb(128),
+                .memory_mb(128)
+                .host(Host::Vercel),
         )
         .failure_step("record-failure", StepConfig::default())
         .handler(process_order)
