@@ -1,8 +1,8 @@
 //! Smoke test of the built Lambda handler binaries: `cargo lambda watch` (the Lambda runtime
-//! API emulator; it builds a binary with cargo on its first invocation) runs `route-events`
-//! and `continue-process-order` against DynamoDB and SQS on moto, and `cargo lambda invoke
-//! --data-file` calls them with API Gateway and SQS event JSON as `sam local generate-event`
-//! writes it (tests/fixtures/). It stands in for `sam local invoke`, which needs Docker.
+//! API emulator; it builds a binary with cargo on its first invocation) runs `lambda-api` (as
+//! the `route-events` Lambda) and `lambda-worker` (as `continue-process-order`) against
+//! DynamoDB and SQS on moto, and `cargo lambda invoke --data-file` calls them with API Gateway
+//! and SQS event JSON as `sam local generate-event` writes it (shared/testkit/fixtures/).
 //!
 //! Needs `BATON_CARGO_LAMBDA` (the cargo-lambda binary: `scripts/cargo-lambda` installs the
 //! pinned one and prints its path) and a moto server (`scripts/moto`; endpoint
@@ -21,8 +21,8 @@ use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::config::Credentials;
 use baton::Store as _;
 use baton::model::{MessageKind, QueueName, RunStatus};
-use baton::queue::sqs::{QueueNaming, SqsQueue, decode_message};
-use baton::store::dynamodb::DynamoStore;
+use baton_aws::dynamodb::DynamoStore;
+use baton_aws::sqs::{QueueNaming, SqsQueue, decode_message};
 use serde_json::{Value, json};
 
 /// moto's default account (its queue URLs are `{endpoint}/{account}/{name}`).
@@ -49,7 +49,10 @@ fn endpoint() -> String {
 }
 
 fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/shared/testkit/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -100,7 +103,7 @@ async fn aws() -> Aws {
     );
     // Every queue of the registry, as template.yaml declares them (a step hosted on Vercel
     // has its queue too, consumed there by its relay).
-    let queues: Vec<QueueName> = baton_functions::registry().queues();
+    let queues: Vec<QueueName> = app::registry().queues();
     queue
         .create_queues(&queues, true)
         .await
@@ -429,15 +432,15 @@ async fn a_built_handler_under_cargo_lambda_starts_and_continues_a_run() {
         watch.log.display()
     );
 
-    // POST /e/{key} through API Gateway's event shape into the `route-events` binary.
+    // POST /e/{key} through API Gateway's event shape into the `lambda-api` binary.
     let order_id = format!("smoke-{}", ulid::Ulid::new());
     let event = json!({
         "name": "demo/order.placed",
         "id": order_id,
         "data": {"order_id": order_id, "items": ["book"]},
     });
-    let response = watch.invoke("route-events", &http_event(&event_key, &event));
-    eprintln!("route-events answered after {:?}", started.elapsed());
+    let response = watch.invoke("lambda-api", &http_event(&event_key, &event));
+    eprintln!("lambda-api answered after {:?}", started.elapsed());
     assert_eq!(response["statusCode"], 200, "{response:#}");
     let body: Value = serde_json::from_str(response["body"].as_str().expect("a body"))
         .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {response:#}"));
@@ -462,13 +465,10 @@ async fn a_built_handler_under_cargo_lambda_starts_and_continues_a_run() {
         (run.run_id.as_str(), &MessageKind::Start)
     );
 
-    // That message, delivered as SQS would, to the `continue-process-order` binary: the run
+    // That message, delivered as SQS would, to the `lambda-worker` binary: the run
     // starts and plans its first step, whose message lands in the step's own queue.
-    let response = watch.invoke("continue-process-order", &sqs_event(&start_body));
-    eprintln!(
-        "continue-process-order answered after {:?}",
-        started.elapsed()
-    );
+    let response = watch.invoke("lambda-worker", &sqs_event(&start_body));
+    eprintln!("lambda-worker answered after {:?}", started.elapsed());
     assert_eq!(
         response["batchItemFailures"],
         json!([]),

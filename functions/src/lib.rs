@@ -1,17 +1,18 @@
-//! The app's durable functions: the example workloads `baton dev` serves. The registry built
-//! here is the single source of truth for handlers, queues and the generated files
-//! ([`generate`]: the Lambda handler binaries in `src/bin/`, template.yaml, and the Vercel
-//! functions in `vercel/` with vercel.json). [`aws`] holds what each Lambda handler binary
-//! runs, [`vercel`] what each Vercel function runs, [`relay`] how steps hosted on Vercel get
-//! their messages.
+//! The app: its durable functions (today, Baton's examples), the outside services they call,
+//! fakes of those services for development and tests, and the registry that lists them all.
+//!
+//! Everything deployable is generated from [`registry`] by `baton generate`: the Lambda
+//! handler mains in `src/bin/` (each a call into `baton_aws::lambda`), template.yaml, and
+//! the Vercel project in `vercel/`. The app's `baton` command line (the workspace's
+//! `src/main.rs`) hands the same registry, and its dev hook, to `baton_cli`.
+//!
+//! - [`examples`]: the functions.
+//! - [`services`]: the outside services' clients (reqwest), configured from the environment.
+//! - [`fakes`]: local fakes of those services (what `baton dev` and the tests run against).
 
-pub mod aws;
 pub mod examples;
 pub mod fakes;
-pub mod generate;
-pub mod relay;
 pub mod services;
-pub mod vercel;
 
 use std::sync::Arc;
 

@@ -6,13 +6,11 @@
 //!
 //! Needs a moto server: `scripts/moto` starts one (scripts/test does).
 
-mod support;
-
 use std::time::Duration;
 
 use baton::EngineConfig;
+use baton_testkit::moto::{ConsumeOptions, Deployment};
 use serde_json::{Value, json};
-use support::aws::{ConsumeOptions, Deployment};
 
 fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
     run["steps"]
@@ -23,7 +21,7 @@ fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_order_example_runs_on_dynamodb_and_sqs_and_duplicates_change_nothing() {
-    let deployment = Deployment::start(baton_functions::registry(), EngineConfig::default()).await;
+    let deployment = Deployment::start(app::registry(), EngineConfig::default()).await;
     let consumers = deployment
         .consume(ConsumeOptions {
             redeliver: 0.25,

@@ -4,26 +4,24 @@
 //!
 //! Needs a moto server: `scripts/moto` starts one (scripts/test does).
 
-mod support;
-
 use std::time::Duration;
 
+use app::fakes::{Fakes, WebhookTarget};
+use app::services::Services;
 use baton::EngineConfig;
-use baton::api::Keys;
-use baton_functions::fakes::{Fakes, WebhookTarget};
-use baton_functions::services::Services;
+use baton_http::Keys;
+use baton_testkit::moto::{ConsumeOptions, Deployment};
 use serde_json::json;
-use support::aws::{ConsumeOptions, Deployment};
 
 const SECRET: &str = "moto-clips-secret";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clips_by_webhook_and_the_transcription_pipeline_run_on_dynamodb_and_sqs() {
     let fakes = Fakes::start().await.unwrap();
-    let registry = baton_functions::registry_with(Services::at(&fakes.base_url));
+    let registry = app::registry_with(Services::at(&fakes.base_url));
     let deployment = Deployment::start(registry, EngineConfig::default()).await;
     // The webhooks route, as its Lambda would serve it: the same router and engine.
-    let router = baton::api::router(
+    let router = baton_http::router(
         deployment.engine.clone(),
         Keys::open().with_webhook_secret("clips", SECRET),
     );

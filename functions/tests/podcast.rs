@@ -8,12 +8,12 @@ mod local;
 use std::sync::Arc;
 use std::time::Duration;
 
+use app::examples::podcast::{EVENT, FUNCTION_ID};
+use app::fakes::Fault;
 use baton::engine::run_id_for;
 use baton::model::Progress;
 use baton::store::memory::MemoryStore;
 use baton::{RunStatus, StepStatus};
-use baton_functions::examples::podcast::{EVENT, FUNCTION_ID};
-use baton_functions::fakes::Fault;
 use local::{Driven, Local, step};
 use serde_json::{Value, json};
 

@@ -9,12 +9,12 @@ mod local;
 use std::sync::Arc;
 use std::time::Duration;
 
+use app::examples::transcripts::{EVENT, FUNCTION_ID};
+use app::fakes::{FakeState, Fakes, Fault};
 use baton::engine::{EXECUTOR_GRACE, run_id_for};
 use baton::model::{MessageKind, Progress};
 use baton::store::memory::MemoryStore;
 use baton::{RunStatus, StepStatus, Store};
-use baton_functions::examples::transcripts::{EVENT, FUNCTION_ID};
-use baton_functions::fakes::{FakeState, Fakes, Fault};
 use local::{Driven, Local, PATIENCE, step};
 use serde_json::{Value, json};
 

@@ -1,18 +1,18 @@
 //! The clip generation and transcription workloads end to end in local mode: the engine on
 //! SQLite, the API served on 127.0.0.1, the outside services faked by local HTTP servers
-//! (`baton_functions::fakes`), real time.
+//! (`app::fakes`), real time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::api::{self, Keys};
+use app::fakes::{Fakes, Fault as Fake, WebhookTarget};
+use app::services::Services;
 use baton::engine::run_id_for;
 use baton::local::{LocalOptions, LocalRuntime};
 use baton::model::{RunRecord, StepStatus};
-use baton::store::sqlite::SqliteStore;
 use baton::{NewEvent, RunStatus};
-use baton_functions::fakes::{Fakes, Fault as Fake, WebhookTarget};
-use baton_functions::services::Services;
+use baton_http::Keys;
+use baton_sqlite::SqliteStore;
 use serde_json::{Value, json};
 
 const SECRET: &str = "test-clips-secret";
@@ -26,13 +26,13 @@ struct App {
 
 async fn app() -> App {
     let fakes = Fakes::start().await.unwrap();
-    let registry = baton_functions::registry_with(Services::at(&fakes.base_url));
+    let registry = app::registry_with(Services::at(&fakes.base_url));
     let store = SqliteStore::in_memory().unwrap();
     let rt = LocalRuntime::start(registry, Arc::new(store), LocalOptions::default())
         .await
         .unwrap();
     let keys = Keys::open().with_webhook_secret("clips", SECRET);
-    let router = api::router(rt.engine().clone(), keys);
+    let router = baton_http::router(rt.engine().clone(), keys);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move {

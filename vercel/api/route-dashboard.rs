@@ -12,12 +12,12 @@
 //! - `POST /send`
 //! - `GET /replays`
 //! - `POST /replays`
+//! - `POST /logout`
 //! - `GET /login`
 //! - `POST /login`
-//! - `POST /logout`
 //! - `GET /assets/{file}`.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    baton_functions::vercel::run_http().await
+    baton_aws::vercel::run_http(app::registry()).await
 }

@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    baton_functions::vercel::run_http().await
+    baton_aws::vercel::run_http(app::registry()).await
 }

@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    baton_functions::vercel::run_step("process-order", "charge-card").await
+    baton_aws::vercel::run_step(app::registry(), "process-order", "charge-card").await
 }

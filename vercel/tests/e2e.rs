@@ -4,7 +4,7 @@
 //! test). The relays run in this process: each queue of a step hosted on Vercel is received
 //! in batches as Lambda's event source mapping would ([`SqsTrigger`]) and handed to the relay
 //! Lambda's own code ([`Relay::deliver`]), which posts it, signed, to the step's process; the
-//! other queues are handled by the Lambda consumers' code ([`baton::aws::handle_queue_batch`]).
+//! other queues are handled by the Lambda consumers' code ([`baton_aws::lambda::handle_queue_batch`]).
 //!
 //! Needs a moto server: `scripts/moto` starts one (scripts/test does); the endpoint is
 //! `BATON_MOTO_ENDPOINT`, default http://127.0.0.1:5005.
@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use baton::model::{QueueName, RunStatus, StepStatus};
-use baton::queue::sqs::{QueueNaming, SqsQueue, SqsTrigger};
-use baton::store::dynamodb::DynamoStore;
 use baton::{Engine, EngineConfig, NewEvent, Store as _};
-use baton_functions::relay::{Relay, RelayConfig};
+use baton_aws::dynamodb::DynamoStore;
+use baton_aws::relay::{Relay, RelayConfig};
+use baton_aws::sqs::{QueueNaming, SqsQueue};
+use baton_testkit::sqs_trigger::SqsTrigger;
 use serde_json::{Value, json};
 
 const REGION: &str = "us-east-1";
@@ -109,7 +110,7 @@ async fn aws() -> Aws {
         aws_sdk_sqs::Client::new(&config),
         QueueNaming::new(prefix.clone(), url_prefix.clone()),
     );
-    let registry = baton_functions::registry();
+    let registry = app::registry();
     queue
         .create_queues(&registry.queues(), true)
         .await
@@ -294,9 +295,12 @@ impl Consumers {
                         }
                         None => {
                             let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-                            let response =
-                                baton::aws::handle_queue_batch(&engine, event, Some(deadline))
-                                    .await;
+                            let response = baton_aws::lambda::handle_queue_batch(
+                                &engine,
+                                event,
+                                Some(deadline),
+                            )
+                            .await;
                             stats.lock().unwrap().entry(q.clone()).or_default().handled +=
                                 records.len();
                             response
@@ -602,7 +606,7 @@ async fn a_relayed_batch_with_a_bad_or_stale_signature_is_refused_and_changes_no
     let client = http();
     let altered = body.replace(r#"\"attempt\":1"#, r#"\"attempt\":2"#);
     assert_ne!(altered, body);
-    let signature = baton_functions::relay::sign(RELAY_SECRET, body.as_bytes(), chrono::Utc::now());
+    let signature = baton_aws::relay::sign(RELAY_SECRET, body.as_bytes(), chrono::Utc::now());
     for (what, body, headers) in [
         ("altered body", altered.as_str(), signature.to_vec()),
         ("no signature", body.as_str(), vec![]),

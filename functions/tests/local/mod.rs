@@ -11,14 +11,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use app::fakes::Fakes;
+use app::services::Services;
 use baton::engine::run_id_for;
 use baton::local::{LocalOptions, LocalRuntime};
 use baton::model::{Message, RunQuery, RunRecord, StepRecord};
 use baton::queue::local::{LocalQueue, LocalReceiver};
 use baton::store::memory::MemoryStore;
 use baton::{Engine, EngineConfig, NewEvent, Store};
-use baton_functions::fakes::Fakes;
-use baton_functions::services::Services;
 use serde_json::Value;
 
 /// Long enough for any run here (virtual time).
@@ -29,7 +29,7 @@ pub async fn fakes() -> Fakes {
 }
 
 pub fn registry(fakes: &Fakes) -> baton::Registry {
-    baton_functions::registry_with(Services::at(&fakes.base_url))
+    app::registry_with(Services::at(&fakes.base_url))
 }
 
 /// The fakes and a local runtime on `store` calling them.

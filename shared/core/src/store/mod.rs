@@ -1,0 +1,165 @@
+//! The store: events, runs and their journals. Every state change is a single-item
+//! conditional write, so duplicated or reordered continuations change nothing, and the same
+//! contract maps onto DynamoDB (`ConditionExpression`) as onto SQLite (`UPDATE ... WHERE`).
+//!
+//! Backends: [`memory::MemoryStore`] here (tests), `baton_sqlite::SqliteStore` (the embedded
+//! default) and `baton_aws::dynamodb::DynamoStore`. Every backend passes the one conformance
+//! suite, `baton_testkit::conformance`.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::StoreError;
+use crate::model::{
+    Entry, ErrorInfo, EventRecord, Expect, Progress, RunPage, RunQuery, RunRecord, RunTransition,
+    StepOutcome, StepRecord,
+};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Page size when a query asks for 0 runs, and the largest page served.
+pub const DEFAULT_PAGE: usize = 50;
+pub const MAX_PAGE: usize = 1000;
+
+pub fn page_size(limit: usize) -> usize {
+    if limit == 0 {
+        DEFAULT_PAGE
+    } else {
+        limit.min(MAX_PAGE)
+    }
+}
+
+/// Whether `expect` holds for `current` (expired entries count as absent).
+pub fn expect_holds(expect: Expect, current: Option<&Entry>, now: DateTime<Utc>) -> bool {
+    let live = current.filter(|e| e.expires_at > now);
+    match expect {
+        Expect::Any => true,
+        Expect::Absent => live.is_none(),
+        Expect::Version(v) => live.is_some_and(|e| e.version == v),
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for `/health` ("sqlite", "memory", "dynamodb").
+    fn backend(&self) -> &'static str;
+
+    // ---- events ----
+
+    /// Claims a sender's idempotency id for `event_id` until `expires_at`. Returns the event id
+    /// that already holds the claim, if an unexpired claim exists (then nothing changes).
+    async fn claim_idempotency_id(
+        &self,
+        idempotency_id: &str,
+        event_id: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<Option<String>>;
+
+    /// Stores an event unless one with its id exists. True when written.
+    async fn put_event(&self, event: &EventRecord) -> StoreResult<bool>;
+
+    async fn get_event(&self, event_id: &str) -> StoreResult<Option<EventRecord>>;
+
+    // ---- runs ----
+
+    /// Creates a run unless one with its id exists. True when written.
+    async fn create_run(&self, run: &RunRecord) -> StoreResult<bool>;
+
+    async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>>;
+
+    /// Changes the status (and end time, output, error) only when the current status is in
+    /// `t.from`. True when applied.
+    async fn transition_run(&self, run_id: &str, t: &RunTransition) -> StoreResult<bool>;
+
+    /// Sets the progress of a run that has not ended. True when applied.
+    async fn set_progress(&self, run_id: &str, progress: &Progress) -> StoreResult<bool>;
+
+    /// Runs newest first (by run id), filtered, one page at a time.
+    async fn list_runs(&self, query: &RunQuery) -> StoreResult<RunPage>;
+
+    /// Every run an event started (including replays), oldest first.
+    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunRecord>>;
+
+    // ---- journal ----
+
+    /// The run's steps ordered by `seq`, read strongly consistent: a handler that just
+    /// recorded an output must see every output recorded before it.
+    async fn journal(&self, run_id: &str) -> StoreResult<Vec<StepRecord>>;
+
+    /// One journal entry, read strongly consistent (a replay whose cached journal lacks it
+    /// asks for just this step).
+    async fn get_step(&self, run_id: &str, step_id: &str) -> StoreResult<Option<StepRecord>>;
+
+    /// Adds a step to the journal unless it is already there ("schedule only if not already
+    /// scheduled"). True when written: the caller then enqueues it.
+    async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool>;
+
+    /// Starts attempt `attempt` (1-based): applied when the step is not final and its
+    /// attempt counter is at most `attempt`; sets status Running, the counter, and the start
+    /// time if unset. A redelivered message may start the same attempt again.
+    async fn begin_attempt(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: u32,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Records a failed attempt that will be retried: applied when the step is not final and
+    /// its counter equals `attempt`; status back to Planned, `error`, `wake_at = next_at`.
+    async fn retry_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: u32,
+        error: &ErrorInfo,
+        next_at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Journals the step's result: applied only when the step is not final, so a recorded
+    /// output is never overwritten. True when this call recorded it.
+    async fn finish_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        outcome: &StepOutcome,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    // ---- coordination entries ----
+    //
+    // Small items grouped under a key, as a DynamoDB partition holds items by sort key: wait
+    // registrations and the events indexed for them, concurrency slots and their queue,
+    // throttle and rate-limit buckets, debounce markers. An entry past `expires_at` counts as
+    // absent everywhere (DynamoDB deletes expired items only lazily).
+
+    /// Writes `entry` if `expect` holds at `now`. True when written.
+    async fn put_entry(
+        &self,
+        entry: &Entry,
+        expect: Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// The unexpired entries under `key` whose id starts with `prefix`, by id ascending, at
+    /// most `limit`; read strongly consistent.
+    async fn list_entries(
+        &self,
+        key: &str,
+        prefix: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<Entry>>;
+
+    /// Deletes an entry if `expect` holds at `now`. True when deleted.
+    async fn delete_entry(
+        &self,
+        key: &str,
+        id: &str,
+        expect: Expect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+}
