@@ -178,8 +178,8 @@ fn follow_shows_progress_to_100_and_exits_0_on_completion() {
     assert_eq!(value["status"], "Completed");
 }
 
-/// The issue's case: a podcast (outline, script, audio, upload, complete against the dev
-/// server's fake services) followed while it runs reports each stage's progress up to 100.
+/// A podcast episode (outline, script, audio, upload, complete against the dev server's
+/// fake services) followed while it runs reports each stage's progress up to 100.
 #[test]
 fn follow_on_a_running_podcast_shows_each_stage_up_to_100() {
     let server = DevServer::start(&[]);
@@ -187,14 +187,14 @@ fn follow_on_a_running_podcast_shows_each_stage_up_to_100() {
         .baton(
             &[
                 "send",
-                "podcast/generate.requested",
+                "episode/generate.interview",
                 "--data",
-                r#"{"podcast_id":"p-cli","topic":"Lighthouses","user_id":"u-1"}"#,
+                r#"{"episode_id":"e-cli","topic":"Lighthouses","user_id":"u-1"}"#,
             ],
             &[],
         )
         .ok();
-    let run_id = sent.id_after("run", "generate-podcast");
+    let run_id = sent.id_after("run", "generate-interview");
     let follow = server
         .baton(&["run", &run_id, "--follow", "--interval", "20ms"], &[])
         .ok();
@@ -207,7 +207,7 @@ fn follow_on_a_running_podcast_shows_each_stage_up_to_100() {
         "progress moved through the stages: {seen:?}\n{out}"
     );
     assert!(
-        out.contains(&format!("run {run_id}  generate-podcast  Completed")),
+        out.contains(&format!("run {run_id}  generate-interview  Completed")),
         "{out}"
     );
 }

@@ -295,8 +295,8 @@ async fn the_clip_example_runs_against_the_built_in_fakes_and_their_webhook() {
     let dir = tempfile::tempdir().unwrap();
     let server = DevServer::start(&dir.path().join("baton.db"));
     let event = json!({"name": "clips/generate.requested", "data": {
-        "video_id": "v-dev", "creator_id": "c-dev",
-        "video_url": "https://cdn.example/v-dev.mp4", "mode": "webhook"}});
+        "project_id": "p-dev", "creator_id": "c-dev",
+        "video_url": "https://cdn.example/p-dev.mp4", "mode": "webhook"}});
     let (status, body) = post(&format!("{}/e/dev", server.url), event).await;
     assert_eq!(status, 200, "{body}");
     let run_id = run_of(&server, body["ids"][0].as_str().unwrap()).await;

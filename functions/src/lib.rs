@@ -37,6 +37,7 @@ pub fn registry() -> Registry {
 /// back, with the examples calling `services`.
 pub fn registry_with(services: Services) -> Registry {
     let services = Arc::new(services);
+    use examples::podcast::Format::{Adventure, Debate, Interview};
     use examples::{clips, podcast, transcription, transcripts};
     Registry::new()
         .register(examples::order::function())
@@ -44,8 +45,10 @@ pub fn registry_with(services: Services) -> Registry {
         .and_then(|r| r.register(clips::function(services.clone())))
         .and_then(|r| r.register(transcription::transcribe_video(services.clone())))
         .and_then(|r| r.register(transcription::generate_embeddings(services.clone())))
-        .and_then(|r| r.register(transcription::batch_reprocess(services.clone())))
-        .and_then(|r| r.register(podcast::function(services.clone())))
+        .and_then(|r| r.register(transcription::batch_reprocess()))
+        .and_then(|r| r.register(podcast::function(Interview, services.clone())))
+        .and_then(|r| r.register(podcast::function(Debate, services.clone())))
+        .and_then(|r| r.register(podcast::function(Adventure, services.clone())))
         .and_then(|r| r.register(podcast::on_cancelled(services.clone())))
         .and_then(|r| r.register(transcripts::function(services.clone())))
         .expect("the example functions are valid")

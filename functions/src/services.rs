@@ -84,8 +84,9 @@ pub struct Service {
     http: reqwest::Client,
 }
 
-/// How long one call may take; a step's own timeout bounds it too.
-const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one call may take at most (Lambda's longest invocation); each step's own timeout is
+/// the real bound.
+const CALL_TIMEOUT: Duration = Duration::from_secs(900);
 
 impl Service {
     pub fn new(name: &str, base: impl Into<String>, key: Option<String>) -> Service {
@@ -113,6 +114,21 @@ impl Service {
         idempotency_key: Option<&str>,
     ) -> Result<T, StepError> {
         let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        self.send(request).await
+    }
+
+    /// `PATCH {base}{path}` with a JSON body (updating one of the app's rows, say), with an
+    /// `Idempotency-Key` as [`Service::post`].
+    pub async fn patch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        idempotency_key: Option<&str>,
+    ) -> Result<T, StepError> {
+        let mut request = self.http.patch(format!("{}{path}", self.base)).json(body);
         if let Some(key) = idempotency_key {
             request = request.header("idempotency-key", key);
         }

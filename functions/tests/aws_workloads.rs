@@ -43,10 +43,10 @@ async fn clips_by_webhook_and_the_transcription_pipeline_run_on_dynamodb_and_sqs
         .await;
 
     let mut events = vec![json!({"name": "clips/generate.requested", "data": {
-        "video_id": "v-aws", "creator_id": "c-aws",
-        "video_url": "https://cdn.example/v-aws.mp4", "mode": "webhook"}})];
+        "project_id": "p-aws", "creator_id": "c-aws",
+        "video_url": "https://cdn.example/p-aws.mp4", "mode": "webhook"}})];
     for n in 0..12 {
-        events.push(json!({"name": "video/uploaded", "data": {
+        events.push(json!({"name": "video/transcribe.requested", "data": {
             "video_id": format!("vid-{n}"), "creator_id": "c-aws"}}));
     }
     let ids = deployment.send(&json!(events)).await;
@@ -86,6 +86,30 @@ async fn clips_by_webhook_and_the_transcription_pipeline_run_on_dynamodb_and_sqs
     }
     assert_eq!(embedded, 12, "one embeddings record per video");
     assert_eq!(fakes.state.records("transcripts").len(), 12);
+    // Every status change made once, in order, despite the duplicates.
+    let statuses = ["transcribing", "processing", "embedding", "completed"].map(|s| json!(s));
+    for n in 0..12 {
+        for _ in 0..100 {
+            if fakes
+                .state
+                .history("videos", &format!("vid-{n}"), "status")
+                .len()
+                == 4
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            fakes.state.history("videos", &format!("vid-{n}"), "status"),
+            statuses,
+            "vid-{n}"
+        );
+    }
+    assert_eq!(
+        fakes.state.history("projects", "p-aws", "klap_status"),
+        [json!("processing"), json!("completed")]
+    );
     let stats = consumers.stop().await;
     assert!(stats.get(&stats.redelivered) > 0 && stats.get(&stats.duplicated) > 0);
 }

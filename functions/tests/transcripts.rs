@@ -32,13 +32,12 @@ fn request(transcript_id: &str) -> Value {
     })
 }
 
-/// The statuses the app backend was given for a transcript, in order.
+/// The call's parsing status in the app, every value it took.
 fn statuses(state: &FakeState, transcript_id: &str) -> Vec<String> {
     state
-        .records("transcript_status")
+        .history("gong_calls", transcript_id, "parsing_status")
         .iter()
-        .filter(|r| r["transcript_id"] == transcript_id)
-        .map(|r| r["status"].as_str().unwrap_or_default().to_owned())
+        .map(|v| v.as_str().unwrap_or_default().to_owned())
         .collect()
 }
 
@@ -65,11 +64,11 @@ async fn a_transcript_is_parsed_saved_and_added_to_the_history() {
     assert_eq!(
         names,
         [
-            "mark-parsing",
+            "update-status",
             "parse",
             "save",
             "update-history",
-            "mark-parsed"
+            "update-status"
         ]
     );
     assert!(steps.iter().all(|s| s.attempts == 1));
@@ -96,7 +95,7 @@ async fn a_transcript_is_parsed_saved_and_added_to_the_history() {
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(history[0]["opportunity_id"], "opp-9");
     assert_eq!(history[0]["summary"], saved[0]["summary"]);
-    assert_eq!(statuses(state, "t-1"), ["parsing", "parsed"]);
+    assert_eq!(statuses(state, "t-1"), ["parsing", "completed"]);
 }
 
 /// Given a URL instead of the text, the model gets it as a file part and fetches it.
@@ -115,7 +114,10 @@ async fn a_transcript_given_by_url_is_parsed_from_the_file() {
             .unwrap()
             .contains("https://files.example/calls/t-2.txt")
     );
-    assert_eq!(statuses(&local.fakes.state, "t-2"), ["parsing", "parsed"]);
+    assert_eq!(
+        statuses(&local.fakes.state, "t-2"),
+        ["parsing", "completed"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -147,7 +149,7 @@ async fn transient_llm_faults_are_retried_and_the_parse_completes() {
     assert_eq!(step(&steps, "save").attempts, 2);
     assert_eq!(state.calls("llm/chat"), 4);
     assert_eq!(state.records("transcripts").len(), 1);
-    assert_eq!(statuses(state, "t-3"), ["parsing", "parsed"]);
+    assert_eq!(statuses(state, "t-3"), ["parsing", "completed"]);
 }
 
 /// The model ignores the schema (prose instead of JSON): refused at once, not retried; the
@@ -180,7 +182,7 @@ async fn garbled_model_output_fails_the_run_and_marks_the_transcript_failed() {
     assert_eq!(handler.status, RunStatus::Completed, "{handler:?}");
     let state = &local.fakes.state;
     assert_eq!(statuses(state, "t-4"), ["parsing", "failed"]);
-    let failed = state.records("transcript_status").pop().unwrap();
+    let failed = state.row("gong_calls", "t-4").unwrap();
     assert_eq!(failed["run_id"], run.run_id.as_str());
     assert_eq!(
         failed["error"],
@@ -244,7 +246,7 @@ async fn a_replay_brings_back_a_failed_parse() {
     assert_eq!(state.records("transcript_history").len(), 1);
     assert_eq!(
         statuses(state, "t-6"),
-        ["parsing", "failed", "parsing", "parsed"]
+        ["parsing", "failed", "parsing", "completed"]
     );
     // The failed run stays as it was; both runs belong to the event.
     let runs = local
@@ -326,7 +328,7 @@ async fn the_sweeper_recovers_a_run_whose_handler_died_mid_step() {
     assert_eq!((parse.status, parse.attempts), (StepStatus::Completed, 1));
     assert!(journal.iter().all(|s| s.status == StepStatus::Completed));
     assert_eq!(fakes.state.records("transcripts").len(), 1);
-    assert_eq!(statuses(&fakes.state, "t-7"), ["parsing", "parsed"]);
+    assert_eq!(statuses(&fakes.state, "t-7"), ["parsing", "completed"]);
 }
 
 /// (b) The process died with it: a local runtime started on the same store re-drives every
@@ -343,5 +345,5 @@ async fn a_restarted_runtime_recovers_a_run_whose_handler_died_mid_step() {
     let run = rt.wait_for_run(&run_id, PATIENCE).await.expect("it ends");
     assert_eq!(run.status, RunStatus::Completed, "{run:?}");
     assert_eq!(fakes.state.calls("llm/chat"), 2, "the parse ran again");
-    assert_eq!(statuses(&fakes.state, "t-8"), ["parsing", "parsed"]);
+    assert_eq!(statuses(&fakes.state, "t-8"), ["parsing", "completed"]);
 }

@@ -1,34 +1,65 @@
-//! `generate-clips`: clip generation against a slow outside video API. Create a task at the
-//! clip service, then learn that it finished either from its signed webhook (a
+//! `generate-clips`: clip generation against a slow outside video API (Klap in the write-ups:
+//! 10-15 minutes a video). Mark the project's clip job `processing`, create a task at the clip
+//! service, then learn that it finished either from its signed webhook (a
 //! `clips/task.updated` event the run waits for, race-free) or by polling its status with
-//! durable sleeps (bounded); fetch the clips, store them, notify the creator. A video the
-//! service cannot decode ends the run Failed with the service's own message.
+//! durable sleeps (every 2 minutes, as the write-up's cron did, for at most an hour); fetch
+//! the clips, store them, mark the job `completed` and notify the creator.
+//!
+//! The app's `projects` row carries the job's state as the write-ups kept it (`klap_status`
+//! `processing` → `completed`, or `failed` with `klap_error`; `klap_task_id`, and when it
+//! started and finished), so the app shows it and no job stays `processing` forever: a
+//! failure (a video the service cannot decode, a task that never finishes) marks it `failed`.
 //!
 //! ```text
-//! curl -s localhost:8288/e/dev -d '{"name":"clips/generate.requested","data":{"video_id":"v1","creator_id":"c1","video_url":"https://cdn.example/v1.mp4","mode":"webhook"}}'
+//! curl -s localhost:8288/e/dev -d '{"name":"clips/generate.requested","data":{"project_id":"p1","creator_id":"c1","video_url":"https://cdn.example/p1.mp4","mode":"webhook"}}'
 //! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::{Ctx, Error, Event, Function, StepConfig, StepError, WaitFor};
+use baton::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::services::Services;
 
 pub const EVENT: &str = "clips/generate.requested";
+pub const FUNCTION_ID: &str = "generate-clips";
 /// What the webhook source `clips` emits for the clip service's callbacks.
 pub const TASK_UPDATED: &str = "clips/task.updated";
-/// How long a webhook-mode run waits for the callback.
-pub const CALLBACK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Polling mode: the wait between status checks, and how many checks at most.
-pub const POLL_EVERY: Duration = Duration::from_secs(2);
+/// Polling mode: the wait between status checks, and how many checks at most (an hour).
+pub const POLL_EVERY: Duration = Duration::from_secs(120);
 pub const MAX_POLLS: u32 = 30;
+
+steps! {
+    /// The steps of `generate-clips`.
+    pub const STEPS = [
+        MARK_PROCESSING = Step::new("mark-processing").timeout(Duration::from_secs(15)).memory_mb(128),
+        CREATE_TASK = Step::new("create-task").timeout(Duration::from_secs(60)),
+        CHECK_STATUS = Step::new("check-status").timeout(Duration::from_secs(30)).memory_mb(128),
+        FETCH_CLIPS = Step::new("fetch-clips").timeout(Duration::from_secs(60)),
+        STORE_CLIPS = Step::new("store-clips").timeout(Duration::from_secs(60)),
+        MARK_COMPLETED = Step::new("mark-completed").timeout(Duration::from_secs(15)).memory_mb(128),
+        NOTIFY = Step::new("notify").timeout(Duration::from_secs(30)).memory_mb(128),
+    ];
+}
+
+steps! {
+    /// The steps of its failure handler.
+    pub const FAILURE_STEPS = [
+        MARK_FAILED = Step::new("mark-failed").timeout(Duration::from_secs(15)).memory_mb(128),
+    ];
+}
+
+/// Webhook mode: the service's callback for the task, an hour at most (the service takes
+/// 10-15 minutes).
+pub const TASK_FINISHED: Wait<TaskStatus> = Wait::new("task-finished", TASK_UPDATED)
+    .on("data.task_id")
+    .timeout(Duration::from_secs(3600));
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipRequest {
-    pub video_id: String,
+    pub project_id: String,
     pub creator_id: String,
     pub video_url: String,
     /// `webhook` (default) or `poll`.
@@ -60,108 +91,123 @@ pub struct ClipsDone {
 }
 
 pub fn function(services: Arc<Services>) -> Function {
-    let quick = StepConfig::default().timeout(Duration::from_secs(30));
-    Function::new("generate-clips")
+    Function::new(FUNCTION_ID)
         .name("Generate clips from a video")
         .trigger(EVENT)
-        .step("create-task", quick.clone())
-        .step("check-status", quick.clone())
-        .step("fetch-clips", quick.clone())
-        .step("store-clips", quick.clone())
-        .step("notify", quick)
-        .waits_for(TASK_UPDATED, "data.task_id")
-        // One clip job per video at a time, and the service's task limit per creator.
-        .idempotency("data.video_id")
+        .steps(STEPS)
+        .wait(TASK_FINISHED)
+        // One clip job per project, and the service's task limit per creator.
+        .idempotency("data.project_id")
         .concurrency(5, Some("data.creator_id"))
-        .handler(move |ctx: Ctx, event: Event<ClipRequest>| {
-            let services = services.clone();
-            async move { run(ctx, event.data, services).await }
-        })
+        .failure_steps(FAILURE_STEPS)
+        .handler_with(services.clone(), generate)
+        .on_failure_with(services, mark_failed)
 }
 
-async fn run(ctx: Ctx, req: ClipRequest, services: Arc<Services>) -> Result<ClipsDone, Error> {
-    let clips_api = services.clips.clone();
-    let video_url = req.video_url.clone();
+/// The project's row in the app.
+fn project(id: &str) -> String {
+    format!("/rows/projects/{id}")
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339()
+}
+
+async fn generate(
+    ctx: Ctx,
+    event: Event<ClipRequest>,
+    services: Arc<Services>,
+) -> Result<ClipsDone, Error> {
+    let req = &event.data;
+    let (app, clips_api) = (&services.app, &services.clips);
+    ctx.step(MARK_PROCESSING, async |s| {
+        let row =
+            json!({"klap_status": "processing", "klap_started_at": now(), "klap_error": null});
+        app.patch::<Value>(&project(&req.project_id), &row, Some(&s.idempotency_key))
+            .await
+            .map(drop)
+    })
+    .await?;
+
     let task_id: String = ctx
-        .step("create-task", |s| async move {
+        .step(CREATE_TASK, async |s| {
+            let body = json!({"video_url": req.video_url});
             let created: Value = clips_api
-                .post(
-                    "/tasks",
-                    &json!({"video_url": video_url}),
-                    Some(&s.idempotency_key),
-                )
+                .post("/tasks", &body, Some(&s.idempotency_key))
                 .await?;
-            created["task_id"]
+            let task_id = created["task_id"]
                 .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| StepError::retriable("the clip service returned no task_id"))
+                .ok_or_else(|| StepError::retriable("the clip service returned no task_id"))?;
+            let row = json!({"klap_task_id": task_id});
+            app.patch::<Value>(&project(&req.project_id), &row, Some(&s.idempotency_key))
+                .await?;
+            Ok(task_id.to_owned())
         })
         .await?;
-    ctx.progress(20, "task created").await?;
+    ctx.progress(20, "rendering clips (10-15 minutes)");
 
     let status = if req.mode.as_deref() == Some("poll") {
         poll(&ctx, &services, &task_id).await?
     } else {
-        let update: Option<Event<TaskStatus>> = ctx
-            .wait_for_event(
-                "task-finished",
-                WaitFor::event(TASK_UPDATED, CALLBACK_TIMEOUT).matching("data.task_id", &task_id),
-            )
-            .await?;
-        match update {
+        match ctx.wait_for_event(TASK_FINISHED, &task_id).await? {
             Some(update) => update.data,
             None => {
                 return Err(Error::new(
                     "ClipTimeout",
-                    format!("task {task_id} sent no callback within {CALLBACK_TIMEOUT:?}"),
+                    format!(
+                        "task {task_id} sent no callback within {:?}",
+                        TASK_FINISHED.timeout_duration()
+                    ),
                 ));
             }
         }
     };
     if status.state != "done" {
-        return Err(Error::new(
-            "ClipFailed",
-            status
-                .error
-                .unwrap_or_else(|| format!("task {task_id} ended {}", status.state)),
-        ));
+        let message = status
+            .error
+            .unwrap_or_else(|| format!("task {task_id} ended {}", status.state));
+        return Err(Error::new("ClipFailed", message));
     }
-    ctx.progress(60, "clips rendered").await?;
+    ctx.progress(60, "clips rendered");
 
-    let clips_api = services.clips.clone();
-    let path = format!("/tasks/{task_id}/clips");
     let clips: Vec<Clip> = ctx
-        .step("fetch-clips", |_| async move {
-            let body: Value = clips_api.get(&path).await?;
+        .step(FETCH_CLIPS, async |_| {
+            let body: Value = clips_api.get(&format!("/tasks/{task_id}/clips")).await?;
             serde_json::from_value(body["clips"].clone())
                 .map_err(|e| StepError::retriable(format!("unreadable clips: {e}")))
         })
         .await?;
 
-    let app = services.app.clone();
-    let record = json!({"video_id": req.video_id, "task_id": task_id, "clips": clips});
     let stored_as: String = ctx
-        .step("store-clips", |s| async move {
+        .step(STORE_CLIPS, async |s| {
+            let record = json!({"project_id": req.project_id, "task_id": task_id, "clips": clips});
             let stored: Value = app
                 .post("/clips", &record, Some(&s.idempotency_key))
                 .await?;
-            Ok::<_, StepError>(stored["id"].as_str().unwrap_or_default().to_owned())
+            Ok(stored["id"].as_str().unwrap_or_default().to_owned())
         })
         .await?;
-    ctx.progress(90, "clips stored").await?;
-
-    let app = services.app.clone();
-    let note = json!({
-        "creator_id": req.creator_id,
-        "message": format!("{} clips are ready for video {}", clips.len(), req.video_id),
-    });
-    ctx.step("notify", |s| async move {
-        app.post::<Value>("/notifications", &note, Some(&s.idempotency_key))
+    ctx.step(MARK_COMPLETED, async |s| {
+        let row =
+            json!({"klap_status": "completed", "klap_completed_at": now(), "clips": clips.len()});
+        app.patch::<Value>(&project(&req.project_id), &row, Some(&s.idempotency_key))
             .await
-            .map(|_| ())
+            .map(drop)
     })
     .await?;
-    ctx.progress(100, "creator notified").await?;
+    ctx.progress(90, "clips stored");
+
+    ctx.step(NOTIFY, async |s| {
+        let note = json!({
+            "creator_id": req.creator_id,
+            "message": format!("{} clips are ready for project {}", clips.len(), req.project_id),
+        });
+        app.post::<Value>("/notifications", &note, Some(&s.idempotency_key))
+            .await
+            .map(drop)
+    })
+    .await?;
+    ctx.progress(100, "creator notified");
     Ok(ClipsDone {
         task_id,
         clips: clips.len(),
@@ -169,18 +215,15 @@ async fn run(ctx: Ctx, req: ClipRequest, services: Arc<Services>) -> Result<Clip
     })
 }
 
-/// Polls the task until it ends: a durable sleep, then a status check, at most
-/// [`MAX_POLLS`] times.
-async fn poll(ctx: &Ctx, services: &Arc<Services>, task_id: &str) -> Result<TaskStatus, Error> {
+/// Polls the task until it ends: a durable sleep, then a status check, at most [`MAX_POLLS`]
+/// times.
+async fn poll(ctx: &Ctx, services: &Services, task_id: &str) -> Result<TaskStatus, Error> {
     for _ in 0..MAX_POLLS {
         ctx.sleep("poll-wait", POLL_EVERY).await?;
-        let clips_api = services.clips.clone();
-        let path = format!("/tasks/{task_id}");
         let status: TaskStatus = ctx
-            .step(
-                "check-status",
-                |_| async move { clips_api.get(&path).await },
-            )
+            .step(CHECK_STATUS, async |_| {
+                services.clips.get(&format!("/tasks/{task_id}")).await
+            })
             .await?;
         if status.state != "processing" {
             return Ok(status);
@@ -188,6 +231,34 @@ async fn poll(ctx: &Ctx, services: &Arc<Services>, task_id: &str) -> Result<Task
     }
     Err(Error::new(
         "ClipTimeout",
-        format!("task {task_id} still processing after {MAX_POLLS} checks"),
+        format!(
+            "task {task_id} still processing after {MAX_POLLS} checks, {:?}",
+            POLL_EVERY * MAX_POLLS
+        ),
     ))
+}
+
+/// The failure handler: the project's clip job is `failed`, with the reason.
+async fn mark_failed(
+    ctx: Ctx,
+    event: Event<FailureData>,
+    services: Arc<Services>,
+) -> Result<(), Error> {
+    let failure = &event.data;
+    let project_id = failure.event["data"]["project_id"]
+        .as_str()
+        .unwrap_or_default();
+    ctx.step(MARK_FAILED, async |s| {
+        let row = json!({
+            "klap_status": "failed",
+            "klap_error": format!("{}: {}", failure.error.name, failure.error.message),
+            "klap_completed_at": now(),
+        });
+        services
+            .app
+            .patch::<Value>(&project(project_id), &row, Some(&s.idempotency_key))
+            .await
+            .map(drop)
+    })
+    .await
 }

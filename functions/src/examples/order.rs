@@ -12,10 +12,31 @@
 
 use std::time::Duration;
 
-use baton::{Ctx, Error, Event, FailureData, Function, Host, StepConfig, StepError};
+use baton::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub const EVENT: &str = "demo/order.placed";
+
+steps! {
+    /// The steps of `process-order`.
+    pub const STEPS = [
+        VALIDATE = Step::new("validate").timeout(Duration::from_secs(10)).memory_mb(128),
+        RESERVE_STOCK = Step::new("reserve-stock").timeout(Duration::from_secs(30)),
+        CHARGE_CARD = Step::new("charge-card")
+            .timeout(Duration::from_secs(30))
+            .retries(4)
+            .host(Host::Vercel),
+        SEND_RECEIPT = Step::new("send-receipt")
+            .timeout(Duration::from_secs(15))
+            .memory_mb(128)
+            .host(Host::Vercel),
+    ];
+}
+
+steps! {
+    /// The steps of its failure handler.
+    pub const FAILURE_STEPS = [RECORD_FAILURE = Step::new("record-failure")];
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Order {
@@ -25,7 +46,8 @@ pub struct Order {
     /// The payment gateway fails the first two attempts (a transient outage).
     #[serde(default)]
     pub flaky_payment: bool,
-    /// Cool-down before the receipt, in seconds (default 2).
+    /// Cool-down before the receipt, in seconds (default 2; make it longer to watch the run
+    /// sleep, or to kill the dev server mid-sleep).
     #[serde(default)]
     pub cool_down_s: Option<u64>,
 }
@@ -44,84 +66,55 @@ pub fn function() -> Function {
         .name("Process an order")
         .trigger(EVENT)
         .retries(3)
-        .step(
-            "validate",
-            StepConfig::default()
-                .timeout(Duration::from_secs(10))
-                .memory_mb(128),
-        )
-        .step(
-            "reserve-stock",
-            StepConfig::default().timeout(Duration::from_secs(30)),
-        )
-        .step(
-            "charge-card",
-            StepConfig::default()
-                .timeout(Duration::from_secs(30))
-                .retries(4)
-                .host(Host::Vercel),
-        )
-        .step(
-            "send-receipt",
-            StepConfig::default()
-                .timeout(Duration::from_secs(15))
-                .memory_mb(128)
-                .host(Host::Vercel),
-        )
-        .failure_step("record-failure", StepConfig::default())
+        .steps(STEPS)
+        .failure_steps(FAILURE_STEPS)
         .handler(process_order)
         .on_failure(record_failure)
 }
 
 async fn process_order(ctx: Ctx, event: Event<Order>) -> Result<Receipt, Error> {
-    let order = event.data;
-    let items = order.items.clone();
+    let order = &event.data;
     let count: usize = ctx
-        .step("validate", |_| async move {
-            if items.is_empty() {
+        .step(VALIDATE, async |_| {
+            if order.items.is_empty() {
                 return Err(StepError::non_retriable("order has no items"));
             }
-            Ok(items.len())
+            Ok(order.items.len())
         })
         .await?;
-    ctx.progress(20, format!("validated {count} items")).await?;
+    ctx.progress(20, format!("validated {count} items"));
 
-    let order_id = order.order_id.clone();
-    let flaky = order.flaky_payment;
     let (reservation, payment) = futures::join!(
-        ctx.step("reserve-stock", |s| async move {
-            Ok(format!("rsv-{}", s.idempotency_key))
-        }),
-        ctx.step("charge-card", |s| async move {
-            if flaky && s.attempt < 3 {
+        ctx.step(RESERVE_STOCK, async |s| Ok(format!(
+            "rsv-{}",
+            s.idempotency_key
+        ))),
+        ctx.step(CHARGE_CARD, async |s| {
+            if order.flaky_payment && s.attempt < 3 {
                 return Err(StepError::retriable(format!(
                     "payment gateway unavailable (attempt {})",
                     s.attempt
                 )));
             }
-            Ok((format!("pay-{order_id}"), s.attempt))
+            Ok((format!("pay-{}", order.order_id), s.attempt))
         }),
     );
     let reservation: String = reservation?;
     let (payment, charged_on_attempt): (String, u32) = payment?;
-    ctx.progress(60, "stock reserved and card charged").await?;
+    ctx.progress(60, "stock reserved and card charged");
 
-    ctx.sleep(
-        "cool-down",
-        Duration::from_secs(order.cool_down_s.unwrap_or(2)),
-    )
-    .await?;
-    ctx.progress(80, "sending receipt").await?;
+    let cool_down = Duration::from_secs(order.cool_down_s.unwrap_or(2));
+    ctx.sleep("cool-down", cool_down).await?;
+    ctx.progress(80, "sending receipt");
 
-    let order_id = order.order_id.clone();
     let receipt: String = ctx
-        .step("send-receipt", |_| async move {
-            Ok(format!("receipt for {order_id}"))
+        .step(SEND_RECEIPT, async |_| {
+            Ok(format!("receipt for {}", order.order_id))
         })
         .await?;
-    ctx.progress(100, "done").await?;
+    ctx.progress(100, "done");
     Ok(Receipt {
-        order_id: order.order_id,
+        order_id: order.order_id.clone(),
         reservation,
         payment,
         charged_on_attempt,
@@ -130,8 +123,8 @@ async fn process_order(ctx: Ctx, event: Event<Order>) -> Result<Receipt, Error> 
 }
 
 async fn record_failure(ctx: Ctx, event: Event<FailureData>) -> Result<String, Error> {
-    let failure = event.data;
-    ctx.step("record-failure", |_| async move {
+    let failure = &event.data;
+    ctx.step(RECORD_FAILURE, async |_| {
         Ok(format!(
             "run {} failed: {}: {}",
             failure.run_id, failure.error.name, failure.error.message
@@ -146,11 +139,8 @@ pub fn daily_report() -> Function {
     Function::new("order-report")
         .name("Daily order report")
         .cron("0 6 * * *")
-        .handler(|_ctx: Ctx, event: Event<serde_json::Value>| async move {
-            let day = event.data["scheduled_at"]
-                .as_str()
-                .unwrap_or("?")
-                .to_owned();
+        .handler(async |_ctx: Ctx, event: Event<serde_json::Value>| {
+            let day = event.data["scheduled_at"].as_str().unwrap_or("?");
             Ok::<_, Error>(format!("order report for {day}"))
         })
 }

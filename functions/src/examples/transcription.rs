@@ -1,35 +1,41 @@
-//! The transcription pipeline:
+//! The transcription pipeline, as the course platform's write-up runs it on Inngest:
 //!
-//! - `transcribe-video` (on `video/uploaded`): download the video's audio reference,
-//!   transcribe it with a Whisper-style API, save the transcript, record usage, and emit
-//!   `video/transcription.completed`. 3 retries per step; at most 10 runs at once per creator.
-//! - `generate-embeddings` (on `video/transcription.completed`): split the transcript into
-//!   chunks of 500-1000 words overlapping by 100, embed them in batches of 20 (4 batches at a
-//!   time, each batch a step of its own), store them.
-//! - `batch-reprocess-embeddings` (on `video/reprocess.requested`): re-runs
+//! - `transcribe-video` (on `video/transcribe.requested`): mark the video `transcribing`,
+//!   download its audio reference, transcribe it with a Whisper-style API (25 MB a file at
+//!   most, as Whisper takes), save the transcript, record usage, and emit
+//!   `video/transcription.completed`. 3 retries; at most 10 runs at once per creator.
+//! - `generate-embeddings` (on `video/transcription.completed`): mark the video `processing`,
+//!   split the transcript into chunks of 500-1000 words overlapping by 100 and store them, mark
+//!   it `embedding`, embed the chunks in batches of 20 (4 batches at a time, each batch a step
+//!   of its own), store the embeddings, record usage, mark it `completed`. 2 retries.
+//! - `batch-reprocess-embeddings` (on `video/embeddings.batch-reprocess`): re-runs
 //!   `generate-embeddings` for many videos as child runs (`invoke`), 5 at a time, and reports
 //!   how many succeeded.
 //!
-//! Each of the first two records its failures in the app backend (a failure handler).
+//! The first two have failure handlers (their own functions, with Inngest's default of 4
+//! retries) that mark the video `failed` with the error, so the app's `videos` row goes
+//! `transcribing` → `processing` → `embedding` → `completed`, or ends `failed`: never stuck.
 //!
 //! ```text
-//! curl -s localhost:8288/e/dev -d '{"name":"video/uploaded","data":{"video_id":"v1","creator_id":"c1"}}'
+//! curl -s localhost:8288/e/dev -d '{"name":"video/transcribe.requested","data":{"video_id":"v1","creator_id":"c1","storage_path":"videos/c1/v1.mp4"}}'
 //! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::{Ctx, Error, Event, FailureData, Function, NewEvent, StepConfig, StepError};
+use baton::prelude::*;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::services::Services;
 
-pub const UPLOADED: &str = "video/uploaded";
+pub const REQUESTED: &str = "video/transcribe.requested";
 pub const COMPLETED: &str = "video/transcription.completed";
-pub const REPROCESS: &str = "video/reprocess.requested";
+pub const REPROCESS: &str = "video/embeddings.batch-reprocess";
 
+/// Whisper's upload limit: longer audio must be split before it is sent.
+pub const WHISPER_MAX_BYTES: u64 = 25 * 1024 * 1024;
 /// Chunking: a chunk holds `CHUNK_WORDS` words (500-1000 after the last chunk is balanced),
 /// consecutive chunks share `OVERLAP_WORDS`.
 pub const CHUNK_WORDS: usize = 800;
@@ -42,10 +48,51 @@ pub const EMBED_PARALLELISM: usize = 4;
 /// Child runs in flight per reprocess run.
 pub const REPROCESS_PARALLELISM: usize = 5;
 
+steps! {
+    /// The steps of `transcribe-video`.
+    pub const TRANSCRIBE_STEPS = [
+        /// Sets the video's status in the app (used at each stage of both functions).
+        UPDATE_STATUS = Step::new("update-status").timeout(Duration::from_secs(15)).memory_mb(128),
+        DOWNLOAD = Step::new("download").timeout(Duration::from_secs(120)).memory_mb(512),
+        /// Whisper on up to 25 MB of audio: minutes, not seconds.
+        TRANSCRIBE = Step::new("transcribe").timeout(Duration::from_secs(600)).memory_mb(512),
+        SAVE_TRANSCRIPT = Step::new("save-transcript").timeout(Duration::from_secs(30)),
+        RECORD_USAGE = Step::new("record-usage").timeout(Duration::from_secs(15)).memory_mb(128),
+    ];
+}
+
+steps! {
+    /// The steps of `generate-embeddings`.
+    pub const EMBEDDING_STEPS = [
+        LOAD_TRANSCRIPT = Step::new("load-transcript").timeout(Duration::from_secs(30)),
+        STORE_CHUNKS = Step::new("store-chunks").timeout(Duration::from_secs(60)),
+        EMBED = Step::new("embed").timeout(Duration::from_secs(120)),
+        STORE_EMBEDDINGS = Step::new("store-embeddings").timeout(Duration::from_secs(60)),
+    ];
+}
+
+steps! {
+    /// The failure handlers' step.
+    pub const FAILURE_STEPS = [
+        MARK_FAILED = Step::new("mark-failed").timeout(Duration::from_secs(15)).memory_mb(128),
+    ];
+}
+
+/// `batch-reprocess-embeddings` runs `generate-embeddings` for one video.
+pub const REEMBED: Invoke<Transcribed, Embedded> =
+    Invoke::new("reembed", "generate-embeddings").timeout(Duration::from_secs(3600));
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Uploaded {
+pub struct TranscribeRequest {
     pub video_id: String,
     pub creator_id: String,
+    /// Where the upload is stored (the app's storage).
+    #[serde(default)]
+    pub storage_path: Option<String>,
+    #[serde(default)]
+    pub original_filename: Option<String>,
+    #[serde(default)]
+    pub language: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,136 +115,153 @@ pub struct Reprocess {
     pub videos: Vec<Transcribed>,
 }
 
+/// Sets the video's row in the app: `status` and any other fields.
+async fn set_video(
+    services: &Services,
+    video_id: &str,
+    fields: Value,
+    key: &str,
+) -> Result<(), StepError> {
+    services
+        .app
+        .patch::<Value>(&format!("/rows/videos/{video_id}"), &fields, Some(key))
+        .await
+        .map(drop)
+}
+
 pub fn transcribe_video(services: Arc<Services>) -> Function {
-    let failures = services.clone();
     Function::new("transcribe-video")
         .name("Transcribe an uploaded video")
-        .trigger(UPLOADED)
+        .trigger(REQUESTED)
         .retries(3)
         .concurrency(10, Some("data.creator_id"))
-        .step(
-            "download",
-            StepConfig::default().timeout(Duration::from_secs(60)),
-        )
-        .step(
-            "transcribe",
-            StepConfig::default()
-                .timeout(Duration::from_secs(600))
-                .memory_mb(512),
-        )
-        .step("save-transcript", StepConfig::default())
-        .step("record-usage", StepConfig::default())
-        .failure_step("record-failure", StepConfig::default())
-        .handler(move |ctx: Ctx, event: Event<Uploaded>| {
-            let services = services.clone();
-            async move { transcribe(ctx, event.data, services).await }
-        })
-        .on_failure(move |ctx: Ctx, event: Event<FailureData>| {
-            let services = failures.clone();
-            async move { record_failure(ctx, event.data, services).await }
-        })
+        .steps(TRANSCRIBE_STEPS)
+        .failure_steps(FAILURE_STEPS)
+        .handler_with(services.clone(), transcribe)
+        .on_failure_with(services, mark_failed)
 }
 
 async fn transcribe(
     ctx: Ctx,
-    video: Uploaded,
+    event: Event<TranscribeRequest>,
     services: Arc<Services>,
 ) -> Result<Transcribed, Error> {
-    let app = services.app.clone();
-    let path = format!("/videos/{}", video.video_id);
+    let video = &event.data;
+    ctx.step(UPDATE_STATUS, async |s| {
+        let fields = json!({"status": "transcribing", "error": null});
+        set_video(&services, &video.video_id, fields, &s.idempotency_key).await
+    })
+    .await?;
+    ctx.progress(10, "downloading the audio");
+
     let audio_url: String = ctx
-        .step("download", |_| async move {
-            let described: Value = app.get(&path).await?;
+        .step(DOWNLOAD, async |_| {
+            let described: Value = services
+                .app
+                .get(&format!("/videos/{}", video.video_id))
+                .await?;
+            let bytes = described["audio_bytes"].as_u64().unwrap_or(0);
+            if bytes > WHISPER_MAX_BYTES {
+                return Err(StepError::non_retriable(format!(
+                    "the audio is {} MB, over Whisper's 25 MB limit: split it before transcribing",
+                    bytes / (1024 * 1024)
+                ))
+                .named("AudioTooLarge"));
+            }
             described["audio_url"]
                 .as_str()
                 .map(str::to_owned)
                 .ok_or_else(|| StepError::non_retriable("the video has no audio_url"))
         })
         .await?;
-    ctx.progress(25, "audio downloaded").await?;
+    ctx.progress(25, "transcribing");
 
-    let whisper = services.whisper.clone();
     let (text, seconds): (String, f64) = ctx
-        .step("transcribe", |s| async move {
-            let body = json!({"url": audio_url, "model": "whisper-1"});
-            let out: Value = whisper
+        .step(TRANSCRIBE, async |s| {
+            let body = json!({"url": audio_url, "model": "whisper-1", "language": video.language});
+            let out: Value = services
+                .whisper
                 .post("/v1/audio/transcriptions", &body, Some(&s.idempotency_key))
                 .await?;
             let text = out["text"].as_str().unwrap_or_default().to_owned();
-            Ok::<_, StepError>((text, out["duration"].as_f64().unwrap_or(0.0)))
+            Ok((text, out["duration"].as_f64().unwrap_or(0.0)))
         })
         .await?;
-    ctx.progress(60, "transcribed").await?;
+    ctx.progress(60, "saving the transcript");
 
-    let app = services.app.clone();
-    let record = json!({"video_id": video.video_id, "text": text});
     let transcript_id: String = ctx
-        .step("save-transcript", |s| async move {
-            let saved: Value = app
+        .step(SAVE_TRANSCRIPT, async |s| {
+            let record = json!({"video_id": video.video_id, "text": text});
+            let saved: Value = services
+                .app
                 .post("/transcripts", &record, Some(&s.idempotency_key))
                 .await?;
-            Ok::<_, StepError>(saved["id"].as_str().unwrap_or_default().to_owned())
+            Ok(saved["id"].as_str().unwrap_or_default().to_owned())
         })
         .await?;
 
-    let app = services.app.clone();
-    let usage =
-        json!({"creator_id": video.creator_id, "video_id": video.video_id, "seconds": seconds});
-    ctx.step("record-usage", |s| async move {
-        app.post::<Value>("/usage", &usage, Some(&s.idempotency_key))
+    ctx.step(RECORD_USAGE, async |s| {
+        let usage = json!({"creator_id": video.creator_id, "video_id": video.video_id, "kind": "transcription", "seconds": seconds});
+        services
+            .app
+            .post::<Value>("/usage", &usage, Some(&s.idempotency_key))
             .await
-            .map(|_| ())
+            .map(drop)
     })
     .await?;
-    ctx.progress(90, "saved").await?;
+    ctx.progress(90, "transcribed");
 
     let done = Transcribed {
-        video_id: video.video_id,
-        creator_id: video.creator_id,
+        video_id: video.video_id.clone(),
+        creator_id: video.creator_id.clone(),
         transcript_id,
         words: text.split_whitespace().count(),
     };
+    // Chunking and embedding are their own function, started by this event.
     ctx.send_event(
         "emit-completed",
         vec![NewEvent::new(COMPLETED, json!(done))],
     )
     .await?;
-    ctx.progress(100, "transcription completed").await?;
+    ctx.progress(100, "transcription completed");
     Ok(done)
 }
 
 pub fn generate_embeddings(services: Arc<Services>) -> Function {
-    let failures = services.clone();
     Function::new("generate-embeddings")
-        .name("Embed a transcript")
+        .name("Chunk and embed a transcript")
         .trigger(COMPLETED)
-        .retries(3)
-        .step("load-transcript", StepConfig::default())
-        .step(
-            "embed",
-            StepConfig::default().timeout(Duration::from_secs(120)),
-        )
-        .step("store-embeddings", StepConfig::default())
-        .failure_step("record-failure", StepConfig::default())
-        .handler(move |ctx: Ctx, event: Event<Transcribed>| {
-            let services = services.clone();
-            async move { embed(ctx, event.data, services).await }
-        })
-        .on_failure(move |ctx: Ctx, event: Event<FailureData>| {
-            let services = failures.clone();
-            async move { record_failure(ctx, event.data, services).await }
-        })
+        .retries(2)
+        .step(UPDATE_STATUS)
+        .steps(EMBEDDING_STEPS)
+        .failure_steps(FAILURE_STEPS)
+        .handler_with(services.clone(), embed)
+        .on_failure_with(services, mark_failed)
 }
 
-async fn embed(ctx: Ctx, done: Transcribed, services: Arc<Services>) -> Result<Embedded, Error> {
-    let app = services.app.clone();
-    let path = format!("/transcripts/{}", done.transcript_id);
+async fn embed(
+    ctx: Ctx,
+    event: Event<Transcribed>,
+    services: Arc<Services>,
+) -> Result<Embedded, Error> {
+    let done = &event.data;
+    let status = async |status: &str| {
+        ctx.step(UPDATE_STATUS, async |s| {
+            let fields = json!({"status": status});
+            set_video(&services, &done.video_id, fields, &s.idempotency_key).await
+        })
+        .await
+    };
+    status("processing").await?;
     // The transcript stays in the app backend; the journal keeps only the chunk texts the
     // embedding steps need.
     let text: String = ctx
-        .step("load-transcript", |_| async move {
-            let transcript: Value = app.get(&path).await?;
-            Ok::<_, StepError>(transcript["text"].as_str().unwrap_or_default().to_owned())
+        .step(LOAD_TRANSCRIPT, async |_| {
+            let transcript: Value = services
+                .app
+                .get(&format!("/transcripts/{}", done.transcript_id))
+                .await?;
+            Ok(transcript["text"].as_str().unwrap_or_default().to_owned())
         })
         .await?;
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -205,53 +269,77 @@ async fn embed(ctx: Ctx, done: Transcribed, services: Arc<Services>) -> Result<E
         .into_iter()
         .map(|(start, end)| words[start..end].join(" "))
         .collect();
+    ctx.step(STORE_CHUNKS, async |s| {
+        let record = json!({"video_id": done.video_id, "chunks": chunks.len()});
+        services
+            .app
+            .post::<Value>("/chunks", &record, Some(&s.idempotency_key))
+            .await
+            .map(drop)
+    })
+    .await?;
+    ctx.progress(30, format!("embedding {} chunks", chunks.len()));
+
+    status("embedding").await?;
     let batches: Vec<Vec<String>> = chunks.chunks(EMBED_BATCH).map(<[_]>::to_vec).collect();
-    let embeddings_api = services.embeddings.clone();
     let vectors: Vec<Vec<Vec<f64>>> = ctx
-        .map("embed", batches.clone(), EMBED_PARALLELISM, |_, batch| {
-            let api = embeddings_api.clone();
-            async move {
-                let out: Value = api
-                    .post(
-                        "/v1/embeddings",
-                        &json!({"input": batch, "model": "embed-small"}),
-                        None,
-                    )
-                    .await?;
-                let data = out["data"].as_array().cloned().unwrap_or_default();
-                if data.len() != batch.len() {
-                    return Err(StepError::retriable(format!(
-                        "asked for {} embeddings, got {}",
-                        batch.len(),
-                        data.len()
-                    )));
-                }
-                Ok(data
-                    .iter()
-                    .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap_or_default())
-                    .collect())
-            }
+        .map(EMBED, &batches, EMBED_PARALLELISM, |_, batch| {
+            embed_batch(&services, batch)
         })
         .await?;
     let count: usize = vectors.iter().map(Vec::len).sum();
-    let app = services.app.clone();
-    let record = json!({
-        "video_id": done.video_id,
-        "transcript_id": done.transcript_id,
-        "chunks": count,
-        "dimensions": vectors.first().and_then(|b| b.first()).map_or(0, Vec::len),
-    });
-    ctx.step("store-embeddings", |s| async move {
-        app.post::<Value>("/embeddings", &record, Some(&s.idempotency_key))
+    ctx.progress(80, "storing the embeddings");
+
+    ctx.step(STORE_EMBEDDINGS, async |s| {
+        let record = json!({
+            "video_id": done.video_id,
+            "transcript_id": done.transcript_id,
+            "chunks": count,
+            "dimensions": vectors.first().and_then(|b| b.first()).map_or(0, Vec::len),
+        });
+        services
+            .app
+            .post::<Value>("/embeddings", &record, Some(&s.idempotency_key))
+            .await?;
+        let usage = json!({"creator_id": done.creator_id, "video_id": done.video_id, "kind": "embeddings", "chunks": count});
+        services
+            .app
+            .post::<Value>("/usage", &usage, Some(&format!("{}:usage", s.idempotency_key)))
             .await
-            .map(|_| ())
+            .map(drop)
     })
     .await?;
+    status("completed").await?;
+    ctx.progress(100, "embedded");
     Ok(Embedded {
-        video_id: done.video_id,
+        video_id: done.video_id.clone(),
         chunks: count,
         batches: batches.len(),
     })
+}
+
+/// One embeddings call for a batch of chunks.
+async fn embed_batch(services: &Services, batch: &[String]) -> Result<Vec<Vec<f64>>, StepError> {
+    let out: Value = services
+        .embeddings
+        .post(
+            "/v1/embeddings",
+            &json!({"input": batch, "model": "embed-small"}),
+            None,
+        )
+        .await?;
+    let data = out["data"].as_array().cloned().unwrap_or_default();
+    if data.len() != batch.len() {
+        return Err(StepError::retriable(format!(
+            "asked for {} embeddings, got {}",
+            batch.len(),
+            data.len()
+        )));
+    }
+    Ok(data
+        .iter()
+        .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap_or_default())
+        .collect())
 }
 
 /// Word ranges of the chunks of a text of `n` words: `CHUNK_WORDS` each, overlapping by
@@ -290,11 +378,12 @@ pub fn chunk_ranges(n: usize) -> Vec<(usize, usize)> {
     out
 }
 
-pub fn batch_reprocess(_services: Arc<Services>) -> Function {
+pub fn batch_reprocess() -> Function {
     Function::new("batch-reprocess-embeddings")
         .name("Re-embed many videos")
         .trigger(REPROCESS)
-        .handler(|ctx: Ctx, event: Event<Reprocess>| async move {
+        .invokes(REEMBED)
+        .handler(async |ctx: Ctx, event: Event<Reprocess>| {
             // One child run per video, at most REPROCESS_PARALLELISM at a time; branches are
             // cloned in item order so every replay gives each video the same step ids.
             let branches: Vec<(Ctx, Transcribed)> = event
@@ -304,22 +393,13 @@ pub fn batch_reprocess(_services: Arc<Services>) -> Function {
                 .map(|v| (ctx.clone(), v))
                 .collect();
             let results: Vec<Result<Embedded, Error>> = futures::stream::iter(branches)
-                .map(|(branch, video)| async move {
-                    branch
-                        .invoke(
-                            "reembed",
-                            "generate-embeddings",
-                            json!(video),
-                            Duration::from_secs(3600),
-                        )
-                        .await
-                })
+                .map(|(branch, video)| async move { branch.invoke(REEMBED, &video).await })
                 .buffered(REPROCESS_PARALLELISM)
                 .collect()
                 .await;
-            let failed: Vec<String> = results
+            let failed: Vec<&str> = results
                 .iter()
-                .filter_map(|r| r.as_ref().err().map(|e| e.message.clone()))
+                .filter_map(|r| r.as_ref().err().map(|e| e.message.as_str()))
                 .collect();
             Ok::<_, Error>(json!({
                 "videos": results.len(),
@@ -329,25 +409,38 @@ pub fn batch_reprocess(_services: Arc<Services>) -> Function {
         })
 }
 
-async fn record_failure(
+/// Both failure handlers: the video is `failed`, with the error, and the failure is recorded.
+async fn mark_failed(
     ctx: Ctx,
-    failure: FailureData,
+    event: Event<FailureData>,
     services: Arc<Services>,
 ) -> Result<(), Error> {
-    let app = services.app.clone();
-    let record = json!({
-        "function_id": failure.function_id,
-        "run_id": failure.run_id,
-        "video_id": failure.event["data"]["video_id"],
-        "error": failure.error,
-    });
-    ctx.step("record-failure", |s| async move {
-        app.post::<Value>("/failures", &record, Some(&s.idempotency_key))
+    let failure = &event.data;
+    let video_id = failure.event["data"]["video_id"]
+        .as_str()
+        .unwrap_or_default();
+    ctx.step(MARK_FAILED, async |s| {
+        let error = format!("{}: {}", failure.error.name, failure.error.message);
+        set_video(
+            &services,
+            video_id,
+            json!({"status": "failed", "error": error}),
+            &s.idempotency_key,
+        )
+        .await?;
+        let record = json!({
+            "function_id": failure.function_id,
+            "run_id": failure.run_id,
+            "video_id": video_id,
+            "error": failure.error,
+        });
+        services
+            .app
+            .post::<Value>("/failures", &record, Some(&s.idempotency_key))
             .await
-            .map(|_| ())
+            .map(drop)
     })
-    .await?;
-    Ok(())
+    .await
 }
 
 #[cfg(test)]

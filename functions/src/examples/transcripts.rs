@@ -1,6 +1,8 @@
 //! `parse-transcript`: a sales call's transcript parsed by an LLM into speakers, timed
 //! segments, a summary and action items, saved, and added to the opportunity's history, on
-//! `transcript/parse.requested` (the opportunity tracker's Inngest function).
+//! `transcript/parse.requested` (the opportunity tracker's Inngest function,
+//! `parseGongTranscriptJob`: mark the call `parsing`, parse, save, update the history, and
+//! the call ends `completed` or `failed`).
 //!
 //! Its write-up's problem was a job killed mid-way by the serverless platform, leaving the
 //! call "parsing" forever. Here it must never stay stuck:
@@ -9,19 +11,20 @@
 //!   (a restarted `baton dev` re-drives every unfinished run at once);
 //! - transient errors (5xx, 429 with `Retry-After`, timeouts) are retried, 3 times;
 //! - output the model got wrong (not the schema asked for) or a request the LLM refuses
-//!   (4xx) fails the run at once with the reason, and the failure handler marks the
-//!   transcript `failed` with it: the app's status is `parsed` or `failed`, never left at
-//!   `parsing`;
+//!   (4xx) fails the run at once with the reason, and the failure handler marks the call
+//!   `failed` with it: the app's `gong_calls` row goes `parsing` → `completed`, or ends
+//!   `failed`, never left at `parsing`;
 //! - a failed run is brought back with `POST /v1/runs/{id}/replay` once the cause is fixed.
 //!
 //! ```text
 //! curl -s localhost:8288/e/dev -d '{"name":"transcript/parse.requested","data":{"transcript_id":"t-1","user_id":"u-1","text":"Alex: Hi.\nSam: We need the pilot live."}}'
 //! ```
 
+use baton::Step;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::{Ctx, Error, Event, FailureData, Function, StepConfig, StepError};
+use baton::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -30,6 +33,24 @@ use crate::services::Services;
 
 pub const EVENT: &str = "transcript/parse.requested";
 pub const FUNCTION_ID: &str = "parse-transcript";
+
+steps! {
+    /// The steps of `parse-transcript`.
+    pub const STEPS = [
+        /// Sets the call's parsing status in the app (at the start and the end).
+        UPDATE_STATUS = Step::new("update-status").timeout(Duration::from_secs(15)).memory_mb(128),
+        PARSE = Step::new("parse").timeout(Duration::from_secs(120)).memory_mb(512),
+        SAVE = Step::new("save").timeout(Duration::from_secs(30)),
+        UPDATE_HISTORY = Step::new("update-history").timeout(Duration::from_secs(30)).memory_mb(128),
+    ];
+}
+
+steps! {
+    /// The failure handler's step.
+    pub const FAILURE_STEPS = [
+        MARK_FAILED = Step::new("mark-failed").timeout(Duration::from_secs(15)).memory_mb(128),
+    ];
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ParseRequest {
@@ -73,94 +94,45 @@ pub struct ParseResult {
 }
 
 pub fn function(services: Arc<Services>) -> Function {
-    let failure_services = services.clone();
     Function::new(FUNCTION_ID)
         .name("Parse a call transcript")
         .trigger(EVENT)
         .retries(3)
-        .step(
-            "mark-parsing",
-            StepConfig::default()
-                .timeout(Duration::from_secs(15))
-                .memory_mb(128),
-        )
-        .step(
-            "parse",
-            StepConfig::default()
-                .timeout(Duration::from_secs(120))
-                .memory_mb(512),
-        )
-        .step(
-            "save",
-            StepConfig::default()
-                .timeout(Duration::from_secs(30))
-                .memory_mb(256),
-        )
-        .step(
-            "update-history",
-            StepConfig::default()
-                .timeout(Duration::from_secs(30))
-                .memory_mb(128),
-        )
-        .step(
-            "mark-parsed",
-            StepConfig::default()
-                .timeout(Duration::from_secs(15))
-                .memory_mb(128),
-        )
-        .failure_step(
-            "mark-failed",
-            StepConfig::default()
-                .timeout(Duration::from_secs(15))
-                .memory_mb(128),
-        )
-        .handler(move |ctx: Ctx, event: Event<ParseRequest>| parse(services.clone(), ctx, event))
-        .on_failure(move |ctx: Ctx, event: Event<FailureData>| {
-            let app = failure_services.app.clone();
-            async move {
-                let failure = event.data;
-                let data = &failure.event["data"];
-                let body = json!({
-                    "transcript_id": data["transcript_id"],
-                    "user_id": data["user_id"],
-                    "status": "failed",
-                    "run_id": failure.run_id,
-                    "error": format!("{}: {}", failure.error.name, failure.error.message),
-                });
-                ctx.step("mark-failed", |s| async move {
-                    app.post::<Value>("/transcript_status", &body, Some(&s.idempotency_key))
-                        .await
-                        .map(|_| ())
-                })
-                .await
-            }
-        })
+        .steps(STEPS)
+        .failure_steps(FAILURE_STEPS)
+        .handler_with(services.clone(), parse)
+        .on_failure_with(services, mark_failed)
+}
+
+/// The call's row in the app.
+fn call_row(transcript_id: &str) -> String {
+    format!("/rows/gong_calls/{transcript_id}")
 }
 
 async fn parse(
-    services: Arc<Services>,
     ctx: Ctx,
     event: Event<ParseRequest>,
+    services: Arc<Services>,
 ) -> Result<ParseResult, Error> {
-    let request = event.data;
-    let id = request.transcript_id.clone();
+    let request = &event.data;
+    let app = &services.app;
+    let id = &request.transcript_id;
+    let status = async |status: &str| {
+        ctx.step(UPDATE_STATUS, async |s| {
+            let fields = json!({"parsing_status": status, "run_id": ctx.run_id(), "user_id": request.user_id});
+            app.patch::<Value>(&call_row(id), &fields, Some(&s.idempotency_key))
+                .await
+                .map(drop)
+        })
+        .await
+    };
+    status("parsing").await?;
+    ctx.progress(10, "parsing the transcript");
 
-    let app = services.app.clone();
-    let body = json!({"transcript_id": id, "user_id": request.user_id, "status": "parsing", "run_id": ctx.run_id()});
-    ctx.step("mark-parsing", |s| async move {
-        app.post::<Value>("/transcript_status", &body, Some(&s.idempotency_key))
-            .await
-            .map(|_| ())
-    })
-    .await?;
-    ctx.progress(10, "parsing the transcript").await?;
-
-    let llm_service = services.llm.clone();
-    let (text, url) = (request.text.clone(), request.url.clone());
     let parsed: Parsed = ctx
-        .step("parse", |s| async move {
-            let user = match (text, url) {
-                (Some(text), _) if !text.trim().is_empty() => Value::String(text),
+        .step(PARSE, async |s| {
+            let user = match (&request.text, &request.url) {
+                (Some(text), _) if !text.trim().is_empty() => Value::String(text.clone()),
                 (_, Some(url)) => json!([
                     {"type": "text", "text": "Parse this call transcript."},
                     {"type": "file_url", "file_url": {"url": url}},
@@ -173,7 +145,7 @@ async fn parse(
                 }
             };
             let parsed: Parsed = llm::structured(
-                &llm_service,
+                &services.llm,
                 "transcript_parse",
                 parse_schema(),
                 "You parse sales call transcripts: speakers, timed segments, a summary, action items.",
@@ -197,61 +169,75 @@ async fn parse(
             parsed.segments.len(),
             parsed.speakers.len()
         ),
-    )
-    .await?;
+    );
 
-    let app = services.app.clone();
-    let body = json!({
-        "transcript_id": id,
-        "user_id": request.user_id,
-        "speakers": parsed.speakers,
-        "segments": parsed.segments,
-        "summary": parsed.summary,
-        "action_items": parsed.action_items,
-    });
     let saved_as: String = ctx
-        .step("save", |s| async move {
+        .step(SAVE, async |s| {
+            let body = json!({
+                "transcript_id": id,
+                "user_id": request.user_id,
+                "speakers": parsed.speakers,
+                "segments": parsed.segments,
+                "summary": parsed.summary,
+                "action_items": parsed.action_items,
+            });
             let stored: Value = app
                 .post("/transcripts", &body, Some(&s.idempotency_key))
                 .await?;
             Ok(stored["id"].as_str().unwrap_or_default().to_owned())
         })
         .await?;
-    ctx.progress(80, "updating the history").await?;
+    ctx.progress(80, "updating the history");
 
-    let app = services.app.clone();
-    let body = json!({
-        "transcript_id": id,
-        "user_id": request.user_id,
-        "opportunity_id": request.opportunity_id,
-        "summary": parsed.summary,
-        "speakers": parsed.speakers,
-        "next_steps": parsed.action_items,
-    });
-    ctx.step("update-history", |s| async move {
+    ctx.step(UPDATE_HISTORY, async |s| {
+        let body = json!({
+            "transcript_id": id,
+            "user_id": request.user_id,
+            "opportunity_id": request.opportunity_id,
+            "summary": parsed.summary,
+            "speakers": parsed.speakers,
+            "next_steps": parsed.action_items,
+        });
         app.post::<Value>("/transcript_history", &body, Some(&s.idempotency_key))
             .await
-            .map(|_| ())
+            .map(drop)
     })
     .await?;
 
-    let app = services.app.clone();
-    let body = json!({"transcript_id": id, "user_id": request.user_id, "status": "parsed", "run_id": ctx.run_id()});
-    ctx.step("mark-parsed", |s| async move {
-        app.post::<Value>("/transcript_status", &body, Some(&s.idempotency_key))
-            .await
-            .map(|_| ())
-    })
-    .await?;
-    ctx.progress(100, "parsed").await?;
-
+    status("completed").await?;
+    ctx.progress(100, "parsed");
     Ok(ParseResult {
-        transcript_id: request.transcript_id,
-        speakers: parsed.speakers,
+        transcript_id: request.transcript_id.clone(),
+        speakers: parsed.speakers.clone(),
         segments: parsed.segments.len(),
-        summary: parsed.summary,
+        summary: parsed.summary.clone(),
         saved_as,
     })
+}
+
+/// The failure handler: the call's parsing is `failed`, with the reason.
+async fn mark_failed(
+    ctx: Ctx,
+    event: Event<FailureData>,
+    services: Arc<Services>,
+) -> Result<(), Error> {
+    let failure = &event.data;
+    let id = failure.event["data"]["transcript_id"]
+        .as_str()
+        .unwrap_or_default();
+    ctx.step(MARK_FAILED, async |s| {
+        let fields = json!({
+            "parsing_status": "failed",
+            "run_id": failure.run_id,
+            "error": format!("{}: {}", failure.error.name, failure.error.message),
+        });
+        services
+            .app
+            .patch::<Value>(&call_row(id), &fields, Some(&s.idempotency_key))
+            .await
+            .map(drop)
+    })
+    .await
 }
 
 fn parse_schema() -> Value {

@@ -1,7 +1,9 @@
-//! The clip service: a task per video, rendered in the background (`RENDER_TIME`), read by
-//! polling `GET /tasks/{id}` or told by a signed webhook when it ends. A video URL containing
-//! `corrupt` fails its task with the service's message; one that is not http(s) is refused
-//! with 400.
+//! The clip service (Klap in the write-ups): a task per video, rendered in the background,
+//! read by polling `GET /tasks/{id}` or told by a signed webhook when it ends. The real
+//! service takes 10-15 minutes a video ([`REAL_RENDER_TIME`], what the tests use on paused
+//! time); the fake `baton dev` runs takes [`DEV_RENDER_TIME`] so a try-out ends quickly. A
+//! video URL containing `corrupt` fails its task with the service's message; one that is not
+//! http(s) is refused with 400.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,8 +18,10 @@ use serde_json::{Value, json};
 
 use super::{FakeState, error};
 
-/// How long a task takes to render.
-pub const RENDER_TIME: Duration = Duration::from_millis(300);
+/// How long the real service takes for a typical video (12 minutes: the write-ups see 10-15).
+pub const REAL_RENDER_TIME: Duration = Duration::from_secs(12 * 60);
+/// How long the fake takes unless told otherwise ([`super::FakeState::set_clip_render_time`]).
+pub const DEV_RENDER_TIME: Duration = Duration::from_secs(3);
 
 /// Where task callbacks go: `{baton_url}/v1/webhooks/clips`, signed with `secret`.
 #[derive(Debug, Clone)]
@@ -32,6 +36,7 @@ pub(crate) struct Tasks {
     /// Idempotency key -> task id: a retried create returns the same task.
     by_key: HashMap<String, String>,
     pub(crate) webhook: Option<WebhookTarget>,
+    pub(crate) render_time: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -94,7 +99,8 @@ async fn create(
 
 /// Renders a task, then tells the webhook target (if any), signed like the real service.
 async fn render(state: Arc<FakeState>, task_id: String) {
-    tokio::time::sleep(RENDER_TIME).await;
+    let render_time = state.lock().clips.render_time.unwrap_or(DEV_RENDER_TIME);
+    tokio::time::sleep(render_time).await;
     let (body, target) = {
         let mut inner = state.lock();
         let webhook = inner.clips.webhook.clone();
@@ -113,7 +119,7 @@ async fn render(state: Arc<FakeState>, task_id: String) {
         return;
     };
     let body = body.to_string();
-    let ts = chrono::Utc::now().timestamp();
+    let ts = state.clock.now().timestamp();
     let signature = baton::webhook::sign(target.secret.as_bytes(), Some(ts), body.as_bytes());
     let delivery = format!("delivery-{task_id}");
     let result = reqwest::Client::new()

@@ -2,9 +2,14 @@
 //! response format (`response_format.json_schema.name`) answers a completion whose message
 //! content is the structured output, as a JSON string. Deterministic, by schema:
 //!
-//! - `podcast_outline`: the user message is `{"topic", "angle"?, "guest"?}`; three segments.
-//! - `podcast_script`: the user message is `{"outline", ...}`; a host/guest dialogue: an intro,
-//!   a question and an answer per outline segment, an outro.
+//! - `interview_outline`: the user message is `{"topic", "angle"?, "guest"?}`; three segments.
+//! - `interview_script`: the user message is `{"outline"}`; a host/guest dialogue: an intro, a
+//!   question and an answer per outline segment, an outro.
+//! - `debate_outline`: `{"topic", "angle"?, "for"?, "against"?}`; a motion, two sides, three
+//!   rounds. `debate_script`: `{"outline"}`; a moderator and the two sides, round by round.
+//! - `adventure_outline`: `{"topic", "protagonist"?}`; a premise and seven story nodes, each
+//!   with the choices that lead on (a start, two paths, four endings). `adventure_script`:
+//!   `{"outline"}`; each node's narration.
 //! - `transcript_parse`: the user message is the transcript (lines `Speaker: text`), or a
 //!   `file_url` content part (the model fetches the file itself, as Gemini's file parts do);
 //!   speakers, timed segments, a summary and action items.
@@ -78,8 +83,12 @@ async fn chat(State(state): State<Arc<FakeState>>, Json(body): Json<Value>) -> R
         Ok(Value::String(GARBLED_OUTPUT.into()))
     } else {
         match schema {
-            "podcast_outline" => outline(&text),
-            "podcast_script" => script(&text),
+            "interview_outline" => outline(&text),
+            "interview_script" => script(&text),
+            "debate_outline" => debate_outline(&text),
+            "debate_script" => debate_script(&text),
+            "adventure_outline" => adventure_outline(&text),
+            "adventure_script" => adventure_script(&text),
             "transcript_parse" => transcript(&text, file_url.as_deref()),
             other => Err(format!("unknown response schema {other:?}")),
         }
@@ -162,17 +171,124 @@ fn script(text: &str) -> Result<Value, String> {
     lines.push(
         json!({"speaker": "host", "text": format!("Thank you, {guest}. That's all for today.")}),
     );
-    let total_words: usize = lines
+    let total_words = words_of(&lines);
+    Ok(json!({"lines": lines, "total_words": total_words}))
+}
+
+fn words_of(lines: &[Value]) -> usize {
+    lines
         .iter()
         .map(|l| {
             l["text"]
                 .as_str()
+                .or(l["narration"].as_str())
                 .unwrap_or_default()
                 .split_whitespace()
                 .count()
         })
-        .sum();
+        .sum()
+}
+
+fn topic_of(input: &Value) -> Result<String, String> {
+    let topic = input["topic"].as_str().unwrap_or_default().trim();
+    if topic.is_empty() {
+        return Err("topic is required".into());
+    }
+    Ok(topic.to_owned())
+}
+
+fn debate_outline(text: &str) -> Result<Value, String> {
+    let input = input(text)?;
+    let topic = topic_of(&input)?;
+    let pro = input["for"].as_str().unwrap_or("an optimist");
+    let con = input["against"].as_str().unwrap_or("a sceptic");
+    let rounds: Vec<Value> = ["opening statements", "rebuttals", "closing statements"]
+        .iter()
+        .map(|round| json!({"heading": round, "points": [format!("{round} on {topic}")]}))
+        .collect();
+    Ok(json!({
+        "title": format!("Debate: {topic}"),
+        "motion": input["angle"].as_str().map(str::to_owned).unwrap_or_else(|| format!("{topic} did more good than harm")),
+        "sides": [
+            {"name": pro, "role": "argues for", "position": "for"},
+            {"name": con, "role": "argues against", "position": "against"},
+        ],
+        "rounds": rounds,
+        "sources": [format!("https://encyclopedia.example/{}", slug(&topic))],
+    }))
+}
+
+fn debate_script(text: &str) -> Result<Value, String> {
+    let input = input(text)?;
+    let outline = &input["outline"];
+    let Some(rounds) = outline["rounds"].as_array().filter(|r| !r.is_empty()) else {
+        return Err("outline.rounds must be a non-empty array".into());
+    };
+    let motion = outline["motion"].as_str().unwrap_or("the motion");
+    let mut lines =
+        vec![json!({"speaker": "moderator", "text": format!("Tonight's motion: {motion}.")})];
+    for round in rounds {
+        let heading = round["heading"].as_str().unwrap_or("the next round");
+        lines.push(json!({"speaker": "moderator", "text": format!("Time for {heading}.")}));
+        lines.push(
+            json!({"speaker": "for", "text": format!("In {heading}, I hold that {motion}.")}),
+        );
+        lines.push(json!({"speaker": "against", "text": format!("In {heading}, I say the evidence points the other way.")}));
+    }
+    lines.push(json!({"speaker": "moderator", "text": "Thank you both. The audience decides."}));
+    let total_words = words_of(&lines);
     Ok(json!({"lines": lines, "total_words": total_words}))
+}
+
+fn adventure_outline(text: &str) -> Result<Value, String> {
+    let input = input(text)?;
+    let topic = topic_of(&input)?;
+    let hero = input["protagonist"].as_str().unwrap_or("a young scribe");
+    let node = |id: &str, title: String, choices: Vec<(&str, &str)>| {
+        json!({
+            "id": id,
+            "title": title,
+            "summary": format!("{hero} and {topic}: {id}"),
+            "choices": choices.iter().map(|(label, next)| json!({"label": label, "next": next})).collect::<Vec<_>>(),
+        })
+    };
+    Ok(json!({
+        "title": format!("Choose your path: {topic}"),
+        "premise": format!("{hero} is caught up in {topic}."),
+        "nodes": [
+            node("start", format!("{topic} begins"), vec![("Follow the crowd", "crowd"), ("Take the back roads", "roads")]),
+            node("crowd", "Into the crowd".into(), vec![("Speak up", "end-hero"), ("Stay quiet", "end-witness")]),
+            node("roads", "Along the back roads".into(), vec![("Press on", "end-explorer"), ("Turn back", "end-home")]),
+            node("end-hero", "The hero's ending".into(), vec![]),
+            node("end-witness", "The witness's ending".into(), vec![]),
+            node("end-explorer", "The explorer's ending".into(), vec![]),
+            node("end-home", "The homecoming".into(), vec![]),
+        ],
+    }))
+}
+
+fn adventure_script(text: &str) -> Result<Value, String> {
+    let input = input(text)?;
+    let Some(nodes) = input["outline"]["nodes"]
+        .as_array()
+        .filter(|n| !n.is_empty())
+    else {
+        return Err("outline.nodes must be a non-empty array".into());
+    };
+    let scripted: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            let title = n["title"].as_str().unwrap_or("a turn in the story");
+            let summary = n["summary"].as_str().unwrap_or_default();
+            json!({
+                "id": n["id"],
+                "narration": format!("{title}. {summary}. What happens next is up to you."),
+                "choices": n["choices"],
+            })
+        })
+        .collect();
+    let total_words = words_of(&scripted);
+    Ok(json!({"nodes": scripted, "total_words": total_words}))
 }
 
 fn transcript(text: &str, file_url: Option<&str>) -> Result<Value, String> {

@@ -5,8 +5,9 @@
 //! The tests run the workloads against it, and `baton dev` starts it when no service URL is
 //! configured, so every example works on a fresh clone. Faults are injected per route
 //! ([`FakeState::inject`]): a status with a message (500, 400 for invalid input), 429 with
-//! `Retry-After`, or a slow answer. The app backend (`/app`) records what the workloads store,
-//! for assertions.
+//! `Retry-After`, or a slow answer. The app backend (`/app`) records what the workloads store
+//! and keeps the app's rows (a video's, a project's, an episode's status), each with the
+//! history of its changes, for assertions.
 
 mod app;
 mod clips;
@@ -23,7 +24,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-pub use clips::WebhookTarget;
+pub use clips::{DEV_RENDER_TIME, REAL_RENDER_TIME, WebhookTarget};
 
 /// A fault a route answers with instead of its normal response (once per injection).
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +41,9 @@ pub enum Fault {
 #[derive(Default)]
 pub struct FakeState {
     inner: Mutex<Inner>,
+    /// The fakes' wall clock: tokio's, as the engine's is, so a test on paused time sees the
+    /// services' timestamps (a webhook's signature) move with its clock.
+    pub(crate) clock: baton::engine::Clock,
 }
 
 #[derive(Default)]
@@ -50,6 +54,8 @@ struct Inner {
     records: HashMap<String, Vec<Value>>,
     /// `{kind}:{idempotency key}` -> the record id it created.
     app_keys: HashMap<String, String>,
+    /// The app's rows: `(table, id)` -> the row, with every change in order.
+    rows: HashMap<(String, String), app::Row>,
     clips: clips::Tasks,
 }
 
@@ -75,6 +81,35 @@ impl FakeState {
     /// What the app backend stored under `kind`, in arrival order.
     pub fn records(&self, kind: &str) -> Vec<Value> {
         self.lock().records.get(kind).cloned().unwrap_or_default()
+    }
+
+    /// The app's row `id` of `table` as it is now (`PATCH /app/rows/{table}/{id}` merges
+    /// fields into it).
+    pub fn row(&self, table: &str, id: &str) -> Option<Value> {
+        self.lock()
+            .rows
+            .get(&(table.to_owned(), id.to_owned()))
+            .map(|r| r.fields.clone())
+    }
+
+    /// Every value `field` of row `id` of `table` took, in order (a status's transitions).
+    pub fn history(&self, table: &str, id: &str, field: &str) -> Vec<Value> {
+        self.lock()
+            .rows
+            .get(&(table.to_owned(), id.to_owned()))
+            .map(|r| {
+                r.changes
+                    .iter()
+                    .filter_map(|change| change.get(field).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How long the clip service takes to render a task ([`clips::DEV_RENDER_TIME`] unless
+    /// set; the real service takes 10-15 minutes, [`clips::REAL_RENDER_TIME`]).
+    pub fn set_clip_render_time(&self, render_time: Duration) {
+        self.lock().clips.render_time = Some(render_time);
     }
 
     pub(crate) fn record(&self, kind: &str, value: Value) {

@@ -16,9 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use baton::{
-    Ctx, EngineConfig, Error, Event, Function, Registry, RunStatus, StepConfig, Store, WaitFor,
-};
+use baton::{Ctx, EngineConfig, Error, Event, Function, Registry, RunStatus, Step, Store, Wait};
 use baton_testkit::cost::Prices;
 use baton_testkit::moto::{ConsumeOptions, Deployment};
 use serde::Deserialize;
@@ -31,24 +29,29 @@ struct Chain {
     alternate: bool,
 }
 
+const LINK: Step = Step::new("link").memory_mb(128);
+const HOP: Step = Step::new("hop").memory_mb(128);
+const REPLY: Wait = Wait::new("reply", "bench/reply")
+    .matching_run_event("data.key")
+    .timeout(Duration::from_secs(3600));
+
 /// A run of `steps` steps, each fed the previous one's output (a small JSON object, as real
 /// steps hand on ids and URLs rather than data).
 fn chain() -> Function {
     Function::new("chain")
         .trigger("bench/chain")
-        .step("link", StepConfig::default().memory_mb(128))
-        .step("hop", StepConfig::default().memory_mb(128))
-        .handler(|ctx: Ctx, event: Event<Chain>| async move {
+        .steps(&[LINK, HOP])
+        .handler(async |ctx: Ctx, event: Event<Chain>| {
             let mut last = json!({"i": 0, "note": "a typical small step output"});
             for i in 0..event.data.steps {
-                let prev = last.clone();
-                let name = if event.data.alternate && i % 2 == 1 {
-                    "hop"
+                let step = if event.data.alternate && i % 2 == 1 {
+                    HOP
                 } else {
-                    "link"
+                    LINK
                 };
+                let prev = &last;
                 last = ctx
-                    .step(name, move |_| async move {
+                    .step(step, async |_| {
                         Ok(json!({"i": i + 1, "from": prev["i"], "note": "a typical small step output"}))
                     })
                     .await?;
@@ -61,15 +64,9 @@ fn chain() -> Function {
 fn waiter() -> Function {
     Function::new("waiter")
         .trigger("bench/wait")
-        .waits_for("bench/reply", "data.key")
-        .handler(|ctx: Ctx, _event: Event<serde_json::Value>| async move {
-            let reply: Option<Event<serde_json::Value>> = ctx
-                .wait_for_event(
-                    "reply",
-                    WaitFor::event("bench/reply", Duration::from_secs(3600))
-                        .matching_run_event("data.key"),
-                )
-                .await?;
+        .wait(REPLY)
+        .handler(async |ctx: Ctx, _event: Event<serde_json::Value>| {
+            let reply = ctx.wait_for_match(REPLY).await?;
             Ok::<_, Error>(reply.is_some())
         })
 }

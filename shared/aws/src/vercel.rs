@@ -244,7 +244,7 @@ mod tests {
     use baton::model::{Message, MessageKind, QueueName, StepStatus};
     use baton::queue::local::LocalQueue;
     use baton::store::memory::MemoryStore;
-    use baton::{Ctx, Engine, Error, Event, Function, Registry, StepConfig, StepError, Store as _};
+    use baton::{Ctx, Engine, Error, Event, Function, Registry, Step, StepError, Store as _};
     use baton_http::Keys;
     use chrono::Utc;
     use serde_json::{Value, json};
@@ -259,14 +259,11 @@ mod tests {
             .register(
                 Function::new("process-order")
                     .trigger("demo/order.placed")
-                    .step("validate", StepConfig::default())
-                    .step(
-                        "charge-card",
-                        StepConfig::default().host(baton::Host::Vercel),
-                    )
+                    .step(Step::new("validate"))
+                    .step(Step::new("charge-card").host(baton::Host::Vercel))
                     .handler(|ctx: Ctx, _event: Event<Value>| async move {
-                        ctx.step("validate", |_| async { Ok(1) }).await?;
-                        ctx.step("charge-card", |s| async move {
+                        ctx.step(Step::new("validate"), |_| async { Ok(1) }).await?;
+                        ctx.step(Step::new("charge-card"), |s| async move {
                             if s.attempt < 2 {
                                 return Err(StepError::retriable("gateway unavailable"));
                             }

@@ -1,6 +1,7 @@
 //! The Lambda adapters fed the event JSON that AWS sends: the fixtures
 //! (`baton_testkit::fixtures`) were produced by `sam local generate-event`.
 
+use baton::Step;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,9 +14,7 @@ use baton::error::QueueError;
 use baton::model::{Message, MessageKind};
 use baton::queue::{Envelope, Queue};
 use baton::store::memory::MemoryStore;
-use baton::{
-    Ctx, Engine, EngineConfig, Event, Function, NewEvent, Registry, RunStatus, StepConfig,
-};
+use baton::{Ctx, Engine, EngineConfig, Event, Function, NewEvent, Registry, RunStatus};
 use baton_aws::lambda::{
     handle_cron_schedule, handle_dead_letters, handle_queue_batch, handle_schedule,
 };
@@ -65,15 +64,16 @@ impl TestQueue {
 fn engine(queue: Arc<TestQueue>) -> Engine {
     let f = Function::new("two-steps")
         .trigger("t/two")
-        .step("a", StepConfig::default())
-        .step("b", StepConfig::default());
+        .step(Step::new("a"))
+        .step(Step::new("b"));
     let f = f.handler(|ctx: Ctx, ev: Event<Value>| async move {
         let a: i64 = ctx
-            .step("a", |_| async move {
+            .step(Step::new("a"), |_| async move {
                 Ok(ev.data["n"].as_i64().unwrap_or(0) + 1)
             })
             .await?;
-        ctx.step("b", move |_| async move { Ok(a * 10) }).await
+        ctx.step(Step::new("b"), move |_| async move { Ok(a * 10) })
+            .await
     });
     Engine::new(
         Registry::new().register(f).unwrap(),
@@ -234,11 +234,13 @@ async fn steps_on_the_same_queue_run_inline_while_the_deadline_allows() {
     let chain = |timeout: Duration| {
         Function::new("chain")
             .trigger("t/chain")
-            .step("link", StepConfig::default().timeout(timeout))
+            .step(Step::new("link").timeout(timeout))
             .handler(|ctx: Ctx, _ev: Event<Value>| async move {
                 let mut n = 0i64;
                 for _ in 0..3 {
-                    n = ctx.step("link", move |_| async move { Ok(n + 1) }).await?;
+                    n = ctx
+                        .step(Step::new("link"), move |_| async move { Ok(n + 1) })
+                        .await?;
                 }
                 Ok(n)
             })
@@ -301,10 +303,7 @@ async fn a_step_claimed_inline_by_a_killed_invocation_is_sent_again() {
     let slow = slow_first.clone();
     let chain = Function::new("chain")
         .trigger("t/chain")
-        .step(
-            "link",
-            StepConfig::default().timeout(Duration::from_secs(10)),
-        )
+        .step(Step::new("link").timeout(Duration::from_secs(10)))
         .handler(move |ctx: Ctx, _ev: Event<Value>| {
             let slow = slow.clone();
             async move {
@@ -312,7 +311,7 @@ async fn a_step_claimed_inline_by_a_killed_invocation_is_sent_again() {
                 for i in 0..3 {
                     let slow = slow.clone();
                     n = ctx
-                        .step("link", move |_| async move {
+                        .step(Step::new("link"), move |_| async move {
                             // The second link hangs the first time it runs.
                             if i == 1 && slow.swap(false, std::sync::atomic::Ordering::SeqCst) {
                                 tokio::time::sleep(Duration::from_secs(8)).await;

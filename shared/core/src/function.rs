@@ -126,9 +126,9 @@ impl Host {
     }
 }
 
-/// Resources and retry policy of one declared step: the unit that becomes its own handler
-/// binary, Lambda (or Vercel) function and queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Resources and retry policy of one declared step: the unit that becomes its own Lambda (or
+/// Vercel) function and queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepConfig {
     pub timeout: Duration,
     pub memory_mb: u32,
@@ -141,32 +141,307 @@ pub struct StepConfig {
 
 impl Default for StepConfig {
     fn default() -> Self {
-        StepConfig {
-            timeout: Duration::from_secs(60),
-            memory_mb: 256,
-            retries: None,
-            host: Host::Lambda,
-        }
+        StepConfig::DEFAULT
     }
 }
 
 impl StepConfig {
-    pub fn timeout(mut self, timeout: Duration) -> Self {
+    /// 60 s, 256 MB, the function's retries, on Lambda.
+    pub const DEFAULT: StepConfig = StepConfig {
+        timeout: Duration::from_secs(60),
+        memory_mb: 256,
+        retries: None,
+        host: Host::Lambda,
+    };
+
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
-    pub fn memory_mb(mut self, memory_mb: u32) -> Self {
+    pub const fn memory_mb(mut self, memory_mb: u32) -> Self {
         self.memory_mb = memory_mb;
         self
     }
-    pub fn retries(mut self, retries: u32) -> Self {
+    pub const fn retries(mut self, retries: u32) -> Self {
         self.retries = Some(retries);
         self
     }
     /// Deploys the step as a Vercel function ([`Host::Vercel`]) instead of a Lambda.
-    pub fn host(mut self, host: Host) -> Self {
+    pub const fn host(mut self, host: Host) -> Self {
         self.host = host;
         self
+    }
+}
+
+/// A step, declared once with its resources and retries, as a value (usually a `const`, or
+/// one of a [`steps!`] list): the function's definition lists it ([`Function::steps`]) and the
+/// code runs it by the same value ([`Ctx::step`]), so a misspelt step does not compile.
+///
+/// Its declaration is what becomes its own Lambda function and queue when deployed; where the
+/// code and the function's list disagree (a step run that the function does not list), the run
+/// fails with `UndeclaredStep`. [`steps!`] makes that impossible: it declares the constants
+/// and the list together.
+///
+/// ```
+/// use std::time::Duration;
+/// use baton::Step;
+///
+/// const TRANSCRIBE: Step = Step::new("transcribe")
+///     .timeout(Duration::from_secs(600))
+///     .memory_mb(1024)
+///     .retries(5);
+/// assert_eq!(TRANSCRIBE.name(), "transcribe");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    name: &'static str,
+    config: StepConfig,
+}
+
+impl Step {
+    /// A step named `name` (1-64 characters of `[A-Za-z0-9_-]`; it names the step's queue and
+    /// Lambda) with [`StepConfig::DEFAULT`].
+    pub const fn new(name: &'static str) -> Self {
+        Step {
+            name,
+            config: StepConfig::DEFAULT,
+        }
+    }
+    /// How long one attempt may run: the body is stopped then and the attempt fails
+    /// (retriable, `StepTimeout`). The step's Lambda gets this plus the engine's margin.
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.config = self.config.timeout(timeout);
+        self
+    }
+    /// The memory of the step's Lambda (128-10240 MB; 128-4096 on Vercel).
+    pub const fn memory_mb(mut self, memory_mb: u32) -> Self {
+        self.config = self.config.memory_mb(memory_mb);
+        self
+    }
+    /// Retries after the first attempt (the function's [`Function::retries`] when not set).
+    pub const fn retries(mut self, retries: u32) -> Self {
+        self.config = self.config.retries(retries);
+        self
+    }
+    /// Deploys the step as a Vercel function ([`Host::Vercel`]) instead of a Lambda.
+    pub const fn host(mut self, host: Host) -> Self {
+        self.config = self.config.host(host);
+        self
+    }
+    /// All of the step's settings at once.
+    pub const fn with_config(mut self, config: StepConfig) -> Self {
+        self.config = config;
+        self
+    }
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+    pub const fn config(&self) -> StepConfig {
+        self.config
+    }
+}
+
+/// Declares steps and the list of them in one place: every step the list's function may run,
+/// once, with its settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use baton::{Step, steps};
+///
+/// steps! {
+///     /// The steps of `transcribe-video`.
+///     pub const STEPS = [
+///         DOWNLOAD = Step::new("download").timeout(Duration::from_secs(120)),
+///         /// Whisper: slow, and worth more retries.
+///         TRANSCRIBE = Step::new("transcribe").timeout(Duration::from_secs(600)).retries(5),
+///     ];
+/// }
+/// assert_eq!(STEPS, [DOWNLOAD, TRANSCRIBE]);
+/// ```
+///
+/// expands to `pub const DOWNLOAD: Step = ...;`, `pub const TRANSCRIBE: Step = ...;` and
+/// `pub const STEPS: &[Step] = &[DOWNLOAD, TRANSCRIBE];`, which the function's definition takes
+/// ([`Function::steps`]).
+#[macro_export]
+macro_rules! steps {
+    (
+        $(#[$list_meta:meta])*
+        $vis:vis const $list:ident = [
+            $( $(#[$meta:meta])* $name:ident = $step:expr ),+ $(,)?
+        ];
+    ) => {
+        $( $(#[$meta])* $vis const $name: $crate::Step = $step; )+
+        $(#[$list_meta])*
+        $vis const $list: &[$crate::Step] = &[ $( $name ),+ ];
+    };
+}
+
+/// How a wait picks its event: by a value the code gives, or by the run's own event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matching {
+    /// The event's field equals a value given at the wait ([`Ctx::wait_for_event`]).
+    Value,
+    /// The event's field equals the same field of the run's own event ([`Ctx::wait_for_match`];
+    /// Inngest's `match`).
+    RunEvent,
+}
+
+/// A wait for an event, declared once as a value: the journal name of the wait, the event's
+/// name, the field it is matched on, and how long to wait. The function's definition lists it
+/// ([`Function::wait`]: events of that name are then indexed by that field as they arrive, so
+/// an event that beats the wait is still seen), and the code waits by the same value. `D` is
+/// the event's `data` type.
+///
+/// ```
+/// use std::time::Duration;
+/// use baton::Wait;
+///
+/// #[derive(serde::Deserialize)]
+/// struct TaskUpdate { task_id: String, state: String }
+///
+/// const TASK_FINISHED: Wait<TaskUpdate> = Wait::new("task-finished", "clips/task.updated")
+///     .on("data.task_id")
+///     .timeout(Duration::from_secs(30 * 60));
+/// ```
+pub struct Wait<D = Value> {
+    name: &'static str,
+    event: &'static str,
+    field: &'static str,
+    matching: Matching,
+    timeout: Duration,
+    data: std::marker::PhantomData<fn() -> D>,
+}
+
+impl<D> Clone for Wait<D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<D> Copy for Wait<D> {}
+
+impl<D> std::fmt::Debug for Wait<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wait")
+            .field("name", &self.name)
+            .field("event", &self.event)
+            .field("field", &self.field)
+            .field("matching", &self.matching)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The default timeout of a wait: a day.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+impl<D> Wait<D> {
+    /// A wait named `name` (its journal entry) for an event named `event`, matched on
+    /// `data.id` until [`Wait::on`] says otherwise, for [`DEFAULT_WAIT_TIMEOUT`].
+    pub const fn new(name: &'static str, event: &'static str) -> Self {
+        Wait {
+            name,
+            event,
+            field: "data.id",
+            matching: Matching::Value,
+            timeout: DEFAULT_WAIT_TIMEOUT,
+            data: std::marker::PhantomData,
+        }
+    }
+    /// The event's field (dotted, e.g. `data.task_id`) that must equal the value given at the
+    /// wait.
+    pub const fn on(mut self, field: &'static str) -> Self {
+        self.field = field;
+        self.matching = Matching::Value;
+        self
+    }
+    /// The event's field (dotted) that must equal the same field of the run's own event.
+    pub const fn matching_run_event(mut self, field: &'static str) -> Self {
+        self.field = field;
+        self.matching = Matching::RunEvent;
+        self
+    }
+    /// How long to wait; then the wait returns `None`. At most a sleep's limit.
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+    pub const fn event(&self) -> &'static str {
+        self.event
+    }
+    pub const fn field(&self) -> &'static str {
+        self.field
+    }
+    pub const fn matching(&self) -> Matching {
+        self.matching
+    }
+    pub const fn timeout_duration(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// Another function run as a child ([`Ctx::invoke`]), declared once as a value: the journal
+/// name of the call, the function's id and how long to wait for it; `I` is the child's event
+/// data, `O` its output. The calling function's definition lists it ([`Function::invokes`]),
+/// so the registry checks the target exists ([`Registry::check`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use baton::Invoke;
+///
+/// const REEMBED: Invoke<serde_json::Value, serde_json::Value> =
+///     Invoke::new("reembed", "generate-embeddings").timeout(Duration::from_secs(3600));
+/// ```
+pub struct Invoke<I = Value, O = Value> {
+    name: &'static str,
+    function_id: &'static str,
+    timeout: Duration,
+    types: std::marker::PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> Clone for Invoke<I, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<I, O> Copy for Invoke<I, O> {}
+
+impl<I, O> std::fmt::Debug for Invoke<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invoke")
+            .field("name", &self.name)
+            .field("function_id", &self.function_id)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl<I, O> Invoke<I, O> {
+    /// A call named `name` (its journal entries) of function `function_id`, waiting at most
+    /// [`DEFAULT_WAIT_TIMEOUT`].
+    pub const fn new(name: &'static str, function_id: &'static str) -> Self {
+        Invoke {
+            name,
+            function_id,
+            timeout: DEFAULT_WAIT_TIMEOUT,
+            types: std::marker::PhantomData,
+        }
+    }
+    /// How long to wait for the child to end; past it the call fails with `InvokeTimedOut`.
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+    pub const fn function_id(&self) -> &'static str {
+        self.function_id
+    }
+    pub const fn timeout_duration(&self) -> Duration {
+        self.timeout
     }
 }
 
@@ -244,9 +519,12 @@ pub struct Function {
     pub start_timeout: Option<Duration>,
     /// A run not ended this long after its event is cancelled ([`Function::finish_timeout`]).
     pub finish_timeout: Option<Duration>,
+    /// Its declared steps by name ([`Function::steps`]).
     pub steps: BTreeMap<String, StepConfig>,
-    /// Events the code waits for, as `(event name, matched field)` ([`Function::waits_for`]).
+    /// Events the code waits for, as `(event name, matched field)` ([`Function::wait`]).
     pub waits: Vec<(String, String)>,
+    /// Functions the code runs as children ([`Function::invokes`]).
+    pub invokes: Vec<String>,
     pub flow: FlowControl,
     /// Default retries for steps that do not set their own.
     pub retries: u32,
@@ -256,6 +534,10 @@ pub struct Function {
     pub(crate) on_failure: Option<Handler>,
     /// Steps the failure handler uses (it is its own function, with its own handlers).
     pub failure_steps: BTreeMap<String, StepConfig>,
+    /// The failure handler's default retries ([`DEFAULT_RETRIES`] unless set).
+    pub failure_retries: u32,
+    /// What the builder found wrong (a step declared twice), reported by [`Registry::register`].
+    problems: Vec<String>,
 }
 
 impl std::fmt::Debug for Function {
@@ -269,8 +551,8 @@ impl std::fmt::Debug for Function {
     }
 }
 
-/// Default retries after the first attempt, as in Inngest.
-pub const DEFAULT_RETRIES: u32 = 3;
+/// Default retries after the first attempt, as in Inngest (5 attempts in all).
+pub const DEFAULT_RETRIES: u32 = 4;
 
 impl Function {
     pub fn new(id: impl Into<String>) -> Self {
@@ -286,12 +568,15 @@ impl Function {
             finish_timeout: None,
             steps: BTreeMap::new(),
             waits: Vec::new(),
+            invokes: Vec::new(),
             flow: FlowControl::default(),
             retries: DEFAULT_RETRIES,
             failure_of: None,
             handler: None,
             on_failure: None,
             failure_steps: BTreeMap::new(),
+            failure_retries: DEFAULT_RETRIES,
+            problems: Vec::new(),
         }
     }
 
@@ -365,12 +650,25 @@ impl Function {
         self
     }
 
-    /// Declares that the code waits for `event` matched on its field at `field` (dotted, e.g.
-    /// `data.task_id`): events with that name are indexed by that field as they arrive, so a
-    /// wait finds one that came before it was registered. `ctx.wait_for_event` refuses
-    /// undeclared waits.
-    pub fn waits_for(mut self, event: impl Into<String>, field: impl Into<String>) -> Self {
-        self.waits.push((event.into(), field.into()));
+    /// Declares a wait the code makes ([`Ctx::wait_for_event`], [`Ctx::wait_for_match`]):
+    /// events with its name are indexed by its field as they arrive, so a wait finds one that
+    /// came before it was registered. A wait the function does not declare fails the run
+    /// (`UndeclaredWait`).
+    pub fn wait<D>(mut self, wait: Wait<D>) -> Self {
+        let declared = (wait.event().to_owned(), wait.field().to_owned());
+        if !self.waits.contains(&declared) {
+            self.waits.push(declared);
+        }
+        self
+    }
+
+    /// Declares a function the code runs as a child ([`Ctx::invoke`]); the registry checks it
+    /// exists ([`Registry::check`]).
+    pub fn invokes<I, O>(mut self, invoke: Invoke<I, O>) -> Self {
+        let id = invoke.function_id().to_owned();
+        if !self.invokes.contains(&id) {
+            self.invokes.push(id);
+        }
         self
     }
 
@@ -421,19 +719,60 @@ impl Function {
             .min()
     }
 
-    pub fn step(mut self, name: impl Into<String>, config: StepConfig) -> Self {
-        self.steps.insert(name.into(), config);
+    /// Declares the function's steps (usually a [`steps!`] list): only these may run
+    /// ([`Ctx::step`]), and each becomes its own Lambda and queue when deployed.
+    pub fn steps(mut self, steps: &[Step]) -> Self {
+        for step in steps {
+            self = self.step(*step);
+        }
         self
     }
 
-    /// Declares a step of the failure handler (`{id}-failure`).
-    pub fn failure_step(mut self, name: impl Into<String>, config: StepConfig) -> Self {
-        self.failure_steps.insert(name.into(), config);
+    /// Declares one step (see [`Function::steps`]).
+    pub fn step(mut self, step: Step) -> Self {
+        if self
+            .steps
+            .insert(step.name().to_owned(), step.config())
+            .is_some()
+        {
+            self.problems
+                .push(format!("step {:?} is declared twice", step.name()));
+        }
         self
     }
 
+    /// Declares the failure handler's steps (it runs as its own function, `{id}-failure`).
+    pub fn failure_steps(mut self, steps: &[Step]) -> Self {
+        for step in steps {
+            self = self.failure_step(*step);
+        }
+        self
+    }
+
+    /// Declares one step of the failure handler.
+    pub fn failure_step(mut self, step: Step) -> Self {
+        if self
+            .failure_steps
+            .insert(step.name().to_owned(), step.config())
+            .is_some()
+        {
+            self.problems
+                .push(format!("failure step {:?} is declared twice", step.name()));
+        }
+        self
+    }
+
+    /// Retries after a step's first attempt, for steps that do not set their own
+    /// ([`DEFAULT_RETRIES`] unless set).
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
+        self
+    }
+
+    /// The failure handler's retries for its steps ([`DEFAULT_RETRIES`] unless set): it is a
+    /// function of its own, as Inngest's `onFailure` is.
+    pub fn failure_retries(mut self, retries: u32) -> Self {
+        self.failure_retries = retries;
         self
     }
 
@@ -449,6 +788,20 @@ impl Function {
         self
     }
 
+    /// The function's code with shared state (the app's service clients, say):
+    /// `async fn(Ctx, Event<D>, S) -> Result<O, Error>`, handed a clone of `state` per run
+    /// (make `S` cheap to clone: an `Arc`).
+    pub fn handler_with<S, D, O, F, Fut>(self, state: S, f: F) -> Self
+    where
+        S: Clone + Send + Sync + 'static,
+        D: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(Ctx, Event<D>, S) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Error>> + Send + 'static,
+    {
+        self.handler(move |ctx: Ctx, event: Event<D>| f(ctx, event, state.clone()))
+    }
+
     /// Runs (as its own function, `{id}-failure`) when a run of this function fails for good.
     pub fn on_failure<O, F, Fut>(mut self, f: F) -> Self
     where
@@ -458,6 +811,17 @@ impl Function {
     {
         self.on_failure = Some(erase(f));
         self
+    }
+
+    /// [`Function::on_failure`] with shared state, as [`Function::handler_with`].
+    pub fn on_failure_with<S, O, F, Fut>(self, state: S, f: F) -> Self
+    where
+        S: Clone + Send + Sync + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(Ctx, Event<FailureData>, S) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Error>> + Send + 'static,
+    {
+        self.on_failure(move |ctx: Ctx, event: Event<FailureData>| f(ctx, event, state.clone()))
     }
 
     /// Retries allowed for a declared step (after its first attempt).
@@ -558,7 +922,7 @@ pub enum DefinitionError {
 #[derive(Clone, Default)]
 pub struct Registry {
     functions: Vec<Arc<Function>>,
-    /// Event name -> the fields waits match it on (every function's [`Function::waits_for`]).
+    /// Event name -> the fields waits match it on (every function's [`Function::wait`]).
     waits: BTreeMap<String, std::collections::BTreeSet<String>>,
     webhooks: Vec<crate::webhook::WebhookSource>,
     by_id: HashMap<String, usize>,
@@ -589,6 +953,9 @@ impl Registry {
         };
         if !valid_name(&function.id) {
             return Err(invalid("ids are 1-64 chars of [A-Za-z0-9_-]".into()));
+        }
+        if let Some(problem) = function.problems.first() {
+            return Err(invalid(problem.clone()));
         }
         if function.handler.is_none() {
             return Err(invalid("has no handler".into()));
@@ -627,7 +994,7 @@ impl Registry {
             .find(|(e, f)| e.is_empty() || f.is_empty())
         {
             return Err(invalid(format!(
-                "waits_for({event:?}, {field:?}): both the event and the field are required"
+                "wait for {event:?} on {field:?}: both the event and the field are required"
             )));
         }
         if let Some(on_failure) = function.on_failure.clone() {
@@ -641,7 +1008,7 @@ impl Registry {
                     )),
                 }],
                 steps: function.failure_steps.clone(),
-                retries: function.retries,
+                retries: function.failure_retries,
                 failure_of: Some(function.id.clone()),
                 handler: Some(on_failure),
                 ..Function::new(format!("{}-failure", function.id))
@@ -709,6 +1076,21 @@ impl Registry {
         }
         function.crons = vec![pattern.to_owned()];
         Ok(self)
+    }
+
+    /// Checks what only the whole registry can tell: every function invoked as a child
+    /// ([`Function::invokes`]) is registered. The local runtime, the Lambda handlers and
+    /// `baton generate` refuse a registry that fails it.
+    pub fn check(&self) -> Result<(), DefinitionError> {
+        for function in &self.functions {
+            if let Some(missing) = function.invokes.iter().find(|id| self.get(id).is_none()) {
+                return Err(DefinitionError::Invalid {
+                    function: function.id.clone(),
+                    problem: format!("invokes {missing:?}, which is not registered"),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn webhook_source(&self, source: &str) -> Option<&crate::webhook::WebhookSource> {

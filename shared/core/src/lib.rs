@@ -41,9 +41,16 @@ pub mod queue;
 pub mod store;
 pub mod webhook;
 
-pub use engine::{Ctx, Engine, EngineConfig, Limits, NewEvent, StepCtx, WaitFor};
+pub use engine::{Ctx, Engine, EngineConfig, Limits, NewEvent, StepCtx};
 pub use error::{EngineError, Error, ErrorKind, StepError};
-pub use function::{Event, FailureData, Function, Host, Registry, StepConfig};
+pub use function::{Event, FailureData, Function, Host, Invoke, Registry, Step, StepConfig, Wait};
 pub use model::{RunStatus, StepStatus};
 pub use queue::Queue;
 pub use store::Store;
+
+/// What function code uses, in one `use baton::prelude::*;`.
+pub mod prelude {
+    pub use crate::function::{Event, FailureData, Function, Host, Invoke, Registry, Step, Wait};
+    pub use crate::steps;
+    pub use crate::{Ctx, Error, NewEvent, StepCtx, StepError};
+}

@@ -1,6 +1,7 @@
 //! The engine end to end in local mode, on the in-memory store, with paused tokio time so
 //! sleeps and backoffs take no real time.
 
+use baton::Step;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,8 @@ use baton::local::{LocalOptions, LocalRuntime};
 use baton::model::{MessageKind, RunQuery, RunRecord, StepKind};
 use baton::store::memory::MemoryStore;
 use baton::{
-    Ctx, EngineConfig, Error, Event, Function, Limits, NewEvent, Registry, RunStatus, StepConfig,
-    StepError, StepStatus,
+    Ctx, EngineConfig, Error, Event, Function, Limits, NewEvent, Registry, RunStatus, StepError,
+    StepStatus,
 };
 use serde_json::{Value, json};
 
@@ -57,14 +58,16 @@ async fn steps_run_once_and_outputs_are_journaled() {
     let c = counts.clone();
     let f = Function::new("seq")
         .trigger("t/seq")
-        .step("a", StepConfig::default())
-        .step("b", StepConfig::default())
+        .step(Step::new("a"))
+        .step(Step::new("b"))
         .handler(move |ctx: Ctx, ev: Event<Value>| {
             let c = c.clone();
             async move {
-                let a: u32 = ctx.step("a", |_| async { Ok(bump(&c, "a") * 10) }).await?;
+                let a: u32 = ctx
+                    .step(Step::new("a"), |_| async { Ok(bump(&c, "a") * 10) })
+                    .await?;
                 let b: String = ctx
-                    .step("b", |_| async move {
+                    .step(Step::new("b"), |_| async move {
                         bump(&c, "b");
                         Ok(format!("{a}-{}", ev.data["x"]))
                     })
@@ -101,9 +104,9 @@ async fn steps_run_once_and_outputs_are_journaled() {
 async fn a_step_that_fails_twice_then_succeeds_shows_three_attempts() {
     let f = Function::new("flaky")
         .trigger("t/flaky")
-        .step("call", StepConfig::default().retries(3))
+        .step(Step::new("call").retries(3))
         .handler(|ctx: Ctx, _ev: Event<Value>| async move {
-            ctx.step("call", |s| async move {
+            ctx.step(Step::new("call"), |s| async move {
                 if s.attempt < 3 {
                     Err(StepError::retriable(format!("boom {}", s.attempt)))
                 } else {
@@ -139,9 +142,9 @@ async fn a_step_that_fails_twice_then_succeeds_shows_three_attempts() {
 async fn retry_after_hint_delays_the_next_attempt() {
     let f = Function::new("limited")
         .trigger("t/429")
-        .step("call", StepConfig::default())
+        .step(Step::new("call"))
         .handler(|ctx: Ctx, _ev: Event<Value>| async move {
-            ctx.step("call", |s| async move {
+            ctx.step(Step::new("call"), |s| async move {
                 if s.attempt == 1 {
                     Err(StepError::retry_after(Duration::from_secs(120), "429"))
                 } else {
@@ -168,12 +171,12 @@ async fn non_retriable_failure_fails_the_run_and_starts_the_failure_handler() {
     let a = attempts.clone();
     let f = Function::new("strict")
         .trigger("t/strict")
-        .step("check", StepConfig::default().retries(5))
-        .failure_step("note", StepConfig::default())
+        .step(Step::new("check").retries(5))
+        .failure_step(Step::new("note"))
         .handler(move |ctx: Ctx, _ev: Event<Value>| {
             let a = a.clone();
             async move {
-                ctx.step("check", |_| async move {
+                ctx.step(Step::new("check"), |_| async move {
                     a.fetch_add(1, Ordering::SeqCst);
                     Err::<(), _>(StepError::non_retriable("bad video"))
                 })
@@ -182,8 +185,10 @@ async fn non_retriable_failure_fails_the_run_and_starts_the_failure_handler() {
         })
         .on_failure(|ctx: Ctx, ev: Event<baton::FailureData>| async move {
             let msg = ev.data.error.message.clone();
-            ctx.step("note", |_| async move { Ok(format!("handled: {msg}")) })
-                .await
+            ctx.step(Step::new("note"), |_| async move {
+                Ok(format!("handled: {msg}"))
+            })
+            .await
         });
     let rt = start(Registry::new().register(f).unwrap()).await;
     let ev = send(&rt, "t/strict", json!({})).await;
@@ -217,11 +222,11 @@ async fn non_retriable_failure_fails_the_run_and_starts_the_failure_handler() {
 async fn exhausted_retries_come_back_to_the_code_as_an_error_it_can_handle() {
     let f = Function::new("fallback")
         .trigger("t/fb")
-        .step("primary", StepConfig::default().retries(2))
-        .step("secondary", StepConfig::default());
+        .step(Step::new("primary").retries(2))
+        .step(Step::new("secondary"));
     let f = f.handler(|ctx: Ctx, _ev: Event<Value>| async move {
         let primary: Result<String, Error> = ctx
-            .step("primary", |_| async {
+            .step(Step::new("primary"), |_| async {
                 Err(StepError::retriable("primary down"))
             })
             .await;
@@ -229,7 +234,7 @@ async fn exhausted_retries_come_back_to_the_code_as_an_error_it_can_handle() {
             Ok(v) => Ok(v),
             Err(e) => {
                 assert!(e.is_step_failure());
-                ctx.step("secondary", |_| async move {
+                ctx.step(Step::new("secondary"), |_| async move {
                     Ok(format!("secondary after: {}", e.message))
                 })
                 .await
@@ -258,17 +263,22 @@ async fn exhausted_retries_come_back_to_the_code_as_an_error_it_can_handle() {
 async fn parallel_steps_are_planned_together_and_joined() {
     let f = Function::new("fan")
         .trigger("t/fan")
-        .step("part", StepConfig::default())
-        .step("sum", StepConfig::default());
+        .step(Step::new("part"))
+        .step(Step::new("sum"));
     let f = f.handler(|ctx: Ctx, _ev: Event<Value>| async move {
         let parts = futures::future::join_all((0..5u32).map(|i| {
             let ctx = ctx.clone();
-            async move { ctx.step("part", move |_| async move { Ok(i * i) }).await }
+            async move {
+                ctx.step(Step::new("part"), move |_| async move { Ok(i * i) })
+                    .await
+            }
         }))
         .await;
         let parts: Vec<u32> = parts.into_iter().collect::<Result<_, _>>()?;
-        ctx.step("sum", move |_| async move { Ok(parts.iter().sum::<u32>()) })
-            .await
+        ctx.step(Step::new("sum"), move |_| async move {
+            Ok(parts.iter().sum::<u32>())
+        })
+        .await
     });
     let rt = start(Registry::new().register(f).unwrap()).await;
     let ev = send(&rt, "t/fan", json!({})).await;
@@ -361,9 +371,9 @@ async fn a_sleep_past_the_runs_maximum_age_is_refused() {
 async fn a_run_past_its_maximum_age_fails() {
     let f = Function::new("slow-retry")
         .trigger("t/slow")
-        .step("flaky", StepConfig::default())
+        .step(Step::new("flaky"))
         .handler(|ctx: Ctx, _ev: Event<Value>| async move {
-            ctx.step("flaky", |_| async {
+            ctx.step(Step::new("flaky"), |_| async {
                 Err::<(), _>(StepError::retry_after(Duration::from_secs(60), "busy"))
             })
             .await
@@ -401,12 +411,12 @@ async fn map_fans_out_with_bounded_parallelism_and_keeps_the_order() {
     let (r, p) = (running.clone(), peak.clone());
     let f = Function::new("fan")
         .trigger("t/fan")
-        .step("square", StepConfig::default().retries(0))
+        .step(Step::new("square").retries(0))
         .handler(move |ctx: Ctx, ev: Event<Value>| {
             let (r, p) = (r.clone(), p.clone());
             async move {
                 let items: Vec<i64> = serde_json::from_value(ev.data["items"].clone()).unwrap();
-                ctx.map("square", items, 3, move |_, n: i64| {
+                ctx.map(Step::new("square"), items, 3, move |_, n: i64| {
                     let (r, p) = (r.clone(), p.clone());
                     async move {
                         let now = r.fetch_add(1, Ordering::SeqCst) + 1;
@@ -647,10 +657,10 @@ async fn an_idempotency_field_starts_one_run_per_value() {
 async fn an_undeclared_step_fails_the_run_with_a_clear_error() {
     let f = Function::new("typo")
         .trigger("t/typo")
-        .step("download", StepConfig::default())
+        .step(Step::new("download"))
         .handler(|ctx: Ctx, _ev: Event<Value>| async move {
             // Even code that swallows the error cannot hide it.
-            let _ = ctx.step("downlaod", |_| async { Ok(1) }).await;
+            let _ = ctx.step(Step::new("downlaod"), |_| async { Ok(1) }).await;
             Ok(())
         });
     let rt = start(Registry::new().register(f).unwrap()).await;
@@ -672,18 +682,18 @@ async fn code_that_plans_steps_differently_on_replay_fails_instead_of_hanging() 
     let fl = flips.clone();
     let f = Function::new("wobbly")
         .trigger("t/wobbly")
-        .step("a", StepConfig::default())
-        .step("b", StepConfig::default());
+        .step(Step::new("a"))
+        .step(Step::new("b"));
     let f = f.handler(move |ctx: Ctx, _ev: Event<Value>| {
         // Non-deterministic: a different first step on every replay.
         let first = if fl.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
-            "a"
+            Step::new("a")
         } else {
-            "b"
+            Step::new("b")
         };
         async move {
             ctx.step(first, |_| async { Ok(1) }).await?;
-            ctx.step("b", |_| async { Ok(2) }).await?;
+            ctx.step(Step::new("b"), |_| async { Ok(2) }).await?;
             Ok(())
         }
     });
@@ -748,9 +758,9 @@ async fn progress_is_visible_while_running() {
         Function::new("prog")
             .trigger("t/prog")
             .handler(|ctx: Ctx, _ev: Event<Value>| async move {
-                ctx.progress(40, "transcribing").await?;
+                ctx.progress(40, "transcribing");
                 ctx.sleep("hold", Duration::from_secs(3600)).await?;
-                ctx.progress(100, "done").await?;
+                ctx.progress(100, "done");
                 Ok(())
             });
     let rt = start(Registry::new().register(f).unwrap()).await;
@@ -776,15 +786,14 @@ async fn cancelling_a_sleeping_run_stops_it() {
     let r = ran.clone();
     let f = Function::new("cancel-me")
         .trigger("t/cancel")
-        .step("after", StepConfig::default())
+        .step(Step::new("after"))
         .handler(move |ctx: Ctx, _ev: Event<Value>| {
             let r = r.clone();
             async move {
                 ctx.sleep("long", Duration::from_secs(3600)).await?;
-                ctx.step(
-                    "after",
-                    |_| async move { Ok(r.fetch_add(1, Ordering::SeqCst)) },
-                )
+                ctx.step(Step::new("after"), |_| async move {
+                    Ok(r.fetch_add(1, Ordering::SeqCst))
+                })
                 .await
             }
         });
@@ -830,13 +839,17 @@ async fn duplicate_and_stale_messages_change_nothing() {
     let c = counts.clone();
     let f = Function::new("dup")
         .trigger("t/dup")
-        .step("a", StepConfig::default())
-        .step("b", StepConfig::default());
+        .step(Step::new("a"))
+        .step(Step::new("b"));
     let f = f.handler(move |ctx: Ctx, _ev: Event<Value>| {
         let c = c.clone();
         async move {
-            let a: u32 = ctx.step("a", |_| async { Ok(bump(&c, "a")) }).await?;
-            let b: u32 = ctx.step("b", |_| async { Ok(bump(&c, "b")) }).await?;
+            let a: u32 = ctx
+                .step(Step::new("a"), |_| async { Ok(bump(&c, "a")) })
+                .await?;
+            let b: u32 = ctx
+                .step(Step::new("b"), |_| async { Ok(bump(&c, "b")) })
+                .await?;
             Ok(a + b)
         }
     });
@@ -881,10 +894,10 @@ async fn duplicate_and_stale_messages_change_nothing() {
 async fn oversized_outputs_fail_the_step_without_retrying() {
     let f = Function::new("big")
         .trigger("t/big")
-        .step("blob", StepConfig::default())
+        .step(Step::new("blob"))
         .handler(|ctx: Ctx, _ev: Event<Value>| async move {
             let s: String = ctx
-                .step("blob", |_| async { Ok("x".repeat(300 * 1024)) })
+                .step(Step::new("blob"), |_| async { Ok("x".repeat(300 * 1024)) })
                 .await?;
             Ok(s.len())
         });
@@ -910,7 +923,7 @@ async fn oversized_outputs_fail_the_step_without_retrying() {
 async fn runs_over_the_step_limit_fail() {
     let f = Function::new("many")
         .trigger("t/many")
-        .step("s", StepConfig::default())
+        .step(Step::new("s"))
         .handler(|ctx: Ctx, _ev: Event<Value>| async move {
             for i in 0..1001u32 {
                 ctx.sleep("tick", Duration::from_millis(1)).await?;
@@ -959,18 +972,19 @@ async fn invalid_event_data_fails_the_run_with_a_typed_error() {
 async fn parallel_branches_finishing_together_still_plan_the_join() {
     let f = Function::new("join")
         .trigger("t/join")
-        .step("left", StepConfig::default())
-        .step("right", StepConfig::default());
-    let f =
-        f.step("after", StepConfig::default())
-            .handler(|ctx: Ctx, _ev: Event<Value>| async move {
-                let (l, r) = futures::join!(
-                    ctx.step("left", |_| async { Ok(1) }),
-                    ctx.step("right", |_| async { Ok(2) })
-                );
-                let (l, r): (u32, u32) = (l?, r?);
-                ctx.step("after", move |_| async move { Ok(l + r) }).await
-            });
+        .step(Step::new("left"))
+        .step(Step::new("right"));
+    let f = f
+        .step(Step::new("after"))
+        .handler(|ctx: Ctx, _ev: Event<Value>| async move {
+            let (l, r) = futures::join!(
+                ctx.step(Step::new("left"), |_| async { Ok(1) }),
+                ctx.step(Step::new("right"), |_| async { Ok(2) })
+            );
+            let (l, r): (u32, u32) = (l?, r?);
+            ctx.step(Step::new("after"), move |_| async move { Ok(l + r) })
+                .await
+        });
     let store = baton_sqlite::SqliteStore::in_memory().unwrap();
     let options = LocalOptions {
         sweep_interval: Duration::from_secs(1000 * 86400),
@@ -1002,9 +1016,10 @@ async fn parallel_branches_finishing_together_still_plan_the_join() {
 async fn the_sweeper_recovers_a_run_whose_message_was_lost() {
     let f = Function::new("lost")
         .trigger("t/lost")
-        .step("work", StepConfig::default())
+        .step(Step::new("work"))
         .handler(|ctx: Ctx, _ev: Event<Value>| async move {
-            ctx.step("work", |_| async { Ok("done".to_string()) }).await
+            ctx.step(Step::new("work"), |_| async { Ok("done".to_string()) })
+                .await
         });
     let options = LocalOptions {
         sweep_interval: Duration::from_secs(30),
@@ -1071,10 +1086,10 @@ async fn the_sweeper_recovers_a_run_whose_message_was_lost() {
 async fn a_dead_lettered_message_fails_its_run_with_the_reason() {
     let f = Function::new("dl")
         .trigger("t/dl")
-        .step("slow", StepConfig::default())
+        .step(Step::new("slow"))
         .handler(|ctx: Ctx, _ev: Event<Value>| async move {
             ctx.sleep("wait", Duration::from_secs(3600)).await?;
-            ctx.step("slow", |_| async { Ok(1) }).await
+            ctx.step(Step::new("slow"), |_| async { Ok(1) }).await
         });
     let rt = start(Registry::new().register(f).unwrap()).await;
     let ev = send(&rt, "t/dl", json!({})).await;
@@ -1131,11 +1146,11 @@ async fn a_parallel_join_does_not_send_the_next_steps_twice() {
     let c = counts.clone();
     let f = Function::new("slow-fan")
         .trigger("t/slow-fan")
-        .step("part", StepConfig::default().retries(0))
+        .step(Step::new("part").retries(0))
         .handler(move |ctx: Ctx, _ev: Event<Value>| {
             let c = c.clone();
             async move {
-                ctx.map("part", 0..8u32, 4, move |s, n| {
+                ctx.map(Step::new("part"), 0..8u32, 4, move |s, n| {
                     let c = c.clone();
                     async move {
                         bump(&c, &s.step_id);

@@ -25,8 +25,8 @@ use baton::engine::run_id_for;
 use baton::model::{RunQuery, RunRecord, StepOutcome, StepRecord};
 use baton::store::memory::MemoryStore;
 use baton::{
-    Ctx, Engine, EngineConfig, Event, FailureData, Function, NewEvent, Registry, RunStatus,
-    StepConfig, StepCtx, StepError, StepStatus, Store, WaitFor,
+    Ctx, Engine, EngineConfig, Event, FailureData, Function, Invoke, NewEvent, Registry, RunStatus,
+    Step, StepCtx, StepError, StepStatus, Store, Wait,
 };
 use baton_sqlite::SqliteStore;
 use baton_testkit::chaos::{
@@ -116,31 +116,31 @@ fn registry(probe: &Probe) -> Registry {
     // Sequential steps and a sleep longer than the queue's longest delay (15 min).
     let pipeline = Function::new("pipeline")
         .trigger("t/pipeline")
-        .step("double", StepConfig::default())
-        .step("inc", StepConfig::default())
-        .step("square", StepConfig::default())
+        .step(Step::new("double"))
+        .step(Step::new("inc"))
+        .step(Step::new("square"))
         .handler(move |ctx: Ctx, ev: Event<Input>| {
             let p = p.clone();
             async move {
                 let n = ev.data.n;
                 let pd = p.clone();
                 let d: u64 = ctx
-                    .step("double", |s| async move {
+                    .step(Step::new("double"), |s| async move {
                         pd.body(&s).await;
                         Ok(n * 2)
                     })
                     .await?;
                 let pi = p.clone();
                 let i: u64 = ctx
-                    .step("inc", |s| async move {
+                    .step(Step::new("inc"), |s| async move {
                         pi.body(&s).await;
                         Ok(d + 1)
                     })
                     .await?;
-                ctx.progress(50, "halfway").await?;
+                ctx.progress(50, "halfway");
                 ctx.sleep("nap", PIPELINE_SLEEP).await?;
                 let ps = p.clone();
-                ctx.step("square", |s| async move {
+                ctx.step(Step::new("square"), |s| async move {
                     ps.body(&s).await;
                     Ok(i * i)
                 })
@@ -152,8 +152,8 @@ fn registry(probe: &Probe) -> Registry {
     let p = probe.clone();
     let fanout = Function::new("fanout")
         .trigger("t/fanout")
-        .step("part", StepConfig::default())
-        .step("sum", StepConfig::default())
+        .step(Step::new("part"))
+        .step(Step::new("sum"))
         .handler(move |ctx: Ctx, ev: Event<Input>| {
             let p = p.clone();
             async move {
@@ -161,7 +161,7 @@ fn registry(probe: &Probe) -> Registry {
                 let parts = futures::future::join_all((0..FAN).map(|i| {
                     let (ctx, p) = (ctx.clone(), p.clone());
                     async move {
-                        ctx.step("part", move |s| async move {
+                        ctx.step(Step::new("part"), move |s| async move {
                             p.body(&s).await;
                             Ok((i + 1) * n)
                         })
@@ -171,7 +171,7 @@ fn registry(probe: &Probe) -> Registry {
                 .await;
                 let parts: Vec<u64> = parts.into_iter().collect::<Result<_, _>>()?;
                 let ps = p.clone();
-                ctx.step("sum", move |s| async move {
+                ctx.step(Step::new("sum"), move |s| async move {
                     ps.body(&s).await;
                     Ok(parts.iter().sum::<u64>())
                 })
@@ -183,12 +183,12 @@ fn registry(probe: &Probe) -> Registry {
     let p = probe.clone();
     let flaky = Function::new("flaky")
         .trigger("t/flaky")
-        .step("call", StepConfig::default().retries(3))
+        .step(Step::new("call").retries(3))
         .handler(move |ctx: Ctx, ev: Event<Input>| {
             let p = p.clone();
             async move {
                 let n = ev.data.n;
-                ctx.step("call", |s| async move {
+                ctx.step(Step::new("call"), |s| async move {
                     p.body(&s).await;
                     if s.attempt < 3 {
                         Err(StepError::retriable(format!("flaky {}", s.attempt)))
@@ -204,15 +204,15 @@ fn registry(probe: &Probe) -> Registry {
     let p = probe.clone();
     let fallback = Function::new("fallback")
         .trigger("t/fallback")
-        .step("primary", StepConfig::default().retries(1))
-        .step("secondary", StepConfig::default())
+        .step(Step::new("primary").retries(1))
+        .step(Step::new("secondary"))
         .handler(move |ctx: Ctx, ev: Event<Input>| {
             let p = p.clone();
             async move {
                 let n = ev.data.n;
                 let pp = p.clone();
                 let primary: Result<u64, baton::Error> = ctx
-                    .step("primary", |s| async move {
+                    .step(Step::new("primary"), |s| async move {
                         pp.body(&s).await;
                         Err(StepError::retriable(format!("down {}", s.attempt)))
                     })
@@ -220,7 +220,7 @@ fn registry(probe: &Probe) -> Registry {
                 match primary {
                     Ok(v) => Ok(format!("primary {v}")),
                     Err(e) if e.is_step_failure() => {
-                        ctx.step("secondary", |s| async move {
+                        ctx.step(Step::new("secondary"), |s| async move {
                             p.body(&s).await;
                             Ok(format!("fallback {n}: {}", e.message))
                         })
@@ -236,13 +236,13 @@ fn registry(probe: &Probe) -> Registry {
     let pf = probe.clone();
     let strict = Function::new("strict")
         .trigger("t/strict")
-        .step("check", StepConfig::default().retries(5))
-        .failure_step("note", StepConfig::default())
+        .step(Step::new("check").retries(5))
+        .failure_step(Step::new("note"))
         .handler(move |ctx: Ctx, ev: Event<Input>| {
             let p = p.clone();
             async move {
                 let n = ev.data.n;
-                ctx.step("check", |s| async move {
+                ctx.step(Step::new("check"), |s| async move {
                     p.body(&s).await;
                     Err::<(), _>(StepError::non_retriable(format!("bad input {n}")))
                 })
@@ -253,7 +253,7 @@ fn registry(probe: &Probe) -> Registry {
             let p = pf.clone();
             async move {
                 let msg = ev.data.error.message.clone();
-                ctx.step("note", |s| async move {
+                ctx.step(Step::new("note"), |s| async move {
                     p.body(&s).await;
                     Ok(format!("handled: {msg}"))
                 })
@@ -265,7 +265,7 @@ fn registry(probe: &Probe) -> Registry {
     let p = probe.clone();
     let parent = Function::new("parent")
         .trigger("t/parent")
-        .step("after", StepConfig::default())
+        .step(Step::new("after"))
         .handler(move |ctx: Ctx, ev: Event<Input>| {
             let p = p.clone();
             async move {
@@ -274,7 +274,7 @@ fn registry(probe: &Probe) -> Registry {
                     .send_event("notify", vec![NewEvent::new("t/child", json!({"n": n}))])
                     .await?;
                 let after: u64 = ctx
-                    .step("after", |s| async move {
+                    .step(Step::new("after"), |s| async move {
                         p.body(&s).await;
                         Ok(n + 1)
                     })
@@ -285,12 +285,12 @@ fn registry(probe: &Probe) -> Registry {
     let p = probe.clone();
     let child = Function::new("child")
         .trigger("t/child")
-        .step("triple", StepConfig::default())
+        .step(Step::new("triple"))
         .handler(move |ctx: Ctx, ev: Event<Input>| {
             let p = p.clone();
             async move {
                 let n = ev.data.n;
-                ctx.step("triple", |s| async move {
+                ctx.step(Step::new("triple"), |s| async move {
                     p.body(&s).await;
                     Ok(n * 3)
                 })
@@ -303,7 +303,7 @@ fn registry(probe: &Probe) -> Registry {
     let p = probe.clone();
     let chain = Function::new("chain")
         .trigger("t/chain")
-        .step("link", StepConfig::default())
+        .step(Step::new("link"))
         .handler(move |ctx: Ctx, ev: Event<Input>| {
             let p = p.clone();
             async move {
@@ -311,7 +311,7 @@ fn registry(probe: &Probe) -> Registry {
                 for i in 1..=3u64 {
                     let p = p.clone();
                     value = ctx
-                        .step("link", move |s| async move {
+                        .step(Step::new("link"), move |s| async move {
                             p.body(&s).await;
                             Ok(value + i)
                         })
@@ -323,17 +323,25 @@ fn registry(probe: &Probe) -> Registry {
 
     // Waits: an event sent before the wait is registered (the race of Inngest #1433), one
     // that never comes (the timeout), and a child function invoked and awaited.
+    const REPLY: Wait = Wait::new("reply", "t/reply")
+        .on("data.token")
+        .timeout(WAIT_TIMEOUT);
+    const NEVER: Wait = Wait::new("never", "t/reply")
+        .on("data.token")
+        .timeout(Duration::from_secs(60));
+    const TRIPLE_IT: Invoke<Value, u64> = Invoke::new("triple-it", "child").timeout(WAIT_TIMEOUT);
     let p = probe.clone();
     let waiter = Function::new("waiter")
         .trigger("t/waiter")
-        .step("token", StepConfig::default())
-        .waits_for("t/reply", "data.token")
+        .step(Step::new("token"))
+        .wait(REPLY)
+        .invokes(TRIPLE_IT)
         .handler(move |ctx: Ctx, ev: Event<Input>| {
             let p = p.clone();
             async move {
                 let n = ev.data.n;
                 let token: String = ctx
-                    .step("token", |s| async move {
+                    .step(Step::new("token"), |s| async move {
                         p.body(&s).await;
                         Ok(format!("tok-{}", s.run_id))
                     })
@@ -346,22 +354,9 @@ fn registry(probe: &Probe) -> Registry {
                     )],
                 )
                 .await?;
-                let reply: Option<Event<Value>> = ctx
-                    .wait_for_event(
-                        "reply",
-                        WaitFor::event("t/reply", WAIT_TIMEOUT).matching("data.token", &token),
-                    )
-                    .await?;
-                let missing: Option<Event<Value>> = ctx
-                    .wait_for_event(
-                        "never",
-                        WaitFor::event("t/reply", Duration::from_secs(60))
-                            .matching("data.token", format!("{token}-never")),
-                    )
-                    .await?;
-                let tripled: u64 = ctx
-                    .invoke("triple-it", "child", json!({"n": n}), WAIT_TIMEOUT)
-                    .await?;
+                let reply = ctx.wait_for_event(REPLY, &token).await?;
+                let missing = ctx.wait_for_event(NEVER, format!("{token}-never")).await?;
+                let tripled = ctx.invoke(TRIPLE_IT, &json!({"n": n})).await?;
                 Ok(json!({
                     "reply": reply.map(|e| e.data["v"].clone()),
                     "missing": missing.is_some(),
@@ -375,21 +370,21 @@ fn registry(probe: &Probe) -> Registry {
     let limited = Function::new("limited")
         .trigger("t/limited")
         .concurrency(1, None)
-        .step("enter", StepConfig::default())
-        .step("leave", StepConfig::default())
+        .step(Step::new("enter"))
+        .step(Step::new("leave"))
         .handler(move |ctx: Ctx, ev: Event<Input>| {
             let p = p.clone();
             async move {
                 let n = ev.data.n;
                 let pe = p.clone();
-                ctx.step("enter", |s| async move {
+                ctx.step(Step::new("enter"), |s| async move {
                     pe.body(&s).await;
                     pe.occupy(&s.run_id, true);
                     Ok(())
                 })
                 .await?;
                 ctx.sleep("hold", Duration::from_secs(100)).await?;
-                ctx.step("leave", |s| async move {
+                ctx.step(Step::new("leave"), |s| async move {
                     p.body(&s).await;
                     p.occupy(&s.run_id, false);
                     Ok(n)
@@ -1617,7 +1612,7 @@ fn parallel_branches_get_their_own_step_outputs() {
     rt.block_on(async {
         let f = Function::new("branches")
             .trigger("t/branches")
-            .step("part", StepConfig::default())
+            .step(Step::new("part"))
             .handler(|ctx: Ctx, _ev: Event<Value>| async move {
                 let branch = |i: u64| {
                     let ctx = ctx.clone();
@@ -1625,7 +1620,8 @@ fn parallel_branches_get_their_own_step_outputs() {
                         if i == 0 {
                             ctx.sleep("wait", Duration::from_secs(5)).await?;
                         }
-                        ctx.step("part", move |_| async move { Ok(i) }).await
+                        ctx.step(Step::new("part"), move |_| async move { Ok(i) })
+                            .await
                     }
                 };
                 let (a, b) = futures::join!(branch(0), branch(1));

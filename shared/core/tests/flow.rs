@@ -11,7 +11,7 @@ use baton::local::{LocalOptions, LocalRuntime};
 use baton::model::{RunRecord, StepKind, StepStatus};
 use baton::store::memory::MemoryStore;
 use baton::{
-    Ctx, Error, Event, Function, NewEvent, Registry, RunStatus, StepConfig, StepError, WaitFor,
+    Ctx, Error, Event, Function, Invoke, NewEvent, Registry, RunStatus, Step, StepError, Wait,
 };
 use serde_json::{Value, json};
 
@@ -65,13 +65,16 @@ struct TaskUpdate {
 /// A function that creates a task at an outside service, then waits for its update.
 /// `early`: the "service" answers from inside the create step, before the wait exists.
 fn render(early: bool, timeout: Duration) -> Function {
+    let rendered = Wait::<TaskUpdate>::new("rendered", "t/task.updated")
+        .on("data.task_id")
+        .timeout(timeout);
     Function::new("render")
         .trigger("t/render")
-        .step("create", StepConfig::default())
-        .waits_for("t/task.updated", "data.task_id")
+        .step(Step::new("create"))
+        .wait(rendered)
         .handler(move |ctx: Ctx, event: Event<Value>| async move {
             let task_id: String = ctx
-                .step("create", |s| async move {
+                .step(Step::new("create"), |s| async move {
                     let task_id = format!("task-{}", s.run_id);
                     Ok::<_, StepError>(task_id)
                 })
@@ -88,12 +91,7 @@ fn render(early: bool, timeout: Duration) -> Function {
                 .await?;
             }
             let _ = event;
-            let update: Option<Event<TaskUpdate>> = ctx
-                .wait_for_event(
-                    "rendered",
-                    WaitFor::event("t/task.updated", timeout).matching("data.task_id", &task_id),
-                )
-                .await?;
+            let update = ctx.wait_for_event(rendered, &task_id).await?;
             Ok::<_, Error>(update.map(|u| u.data.state))
         })
 }
@@ -209,12 +207,8 @@ async fn a_wait_times_out_to_none() {
 async fn an_undeclared_wait_fails_the_run() {
     let f = Function::new("undeclared").trigger("t/undeclared").handler(
         |ctx: Ctx, _e: Event<Value>| async move {
-            let got: Option<Event<Value>> = ctx
-                .wait_for_event(
-                    "w",
-                    WaitFor::event("t/other", Duration::from_secs(5)).matching("data.id", 1),
-                )
-                .await?;
+            let other = Wait::new("w", "t/other").timeout(Duration::from_secs(5));
+            let got: Option<Event<Value>> = ctx.wait_for_event(other, 1).await?;
             Ok::<_, Error>(got.is_some())
         },
     );
@@ -227,17 +221,14 @@ async fn an_undeclared_wait_fails_the_run() {
 
 #[tokio::test(start_paused = true)]
 async fn a_wait_can_match_the_run_events_own_field() {
+    const APPROVED: Wait = Wait::new("approved", "t/invoice.approved")
+        .matching_run_event("data.invoice_id")
+        .timeout(Duration::from_secs(86400));
     let f = Function::new("approval")
         .trigger("t/invoice.created")
-        .waits_for("t/invoice.approved", "data.invoice_id")
+        .wait(APPROVED)
         .handler(|ctx: Ctx, _e: Event<Value>| async move {
-            let approved: Option<Event<Value>> = ctx
-                .wait_for_event(
-                    "approved",
-                    WaitFor::event("t/invoice.approved", Duration::from_secs(86400))
-                        .matching_run_event("data.invoice_id"),
-                )
-                .await?;
+            let approved = ctx.wait_for_match(APPROVED).await?;
             Ok::<_, Error>(approved.map(|e| e.data["by"].clone()))
         });
     let rt = start(Registry::new().register(f).unwrap()).await;
@@ -265,11 +256,11 @@ async fn a_wait_can_match_the_run_events_own_field() {
 fn child() -> Function {
     Function::new("double")
         .trigger("t/double")
-        .step("double", StepConfig::default().retries(0))
+        .step(Step::new("double").retries(0))
         .handler(|ctx: Ctx, event: Event<Value>| async move {
             let n = event.data["n"].as_i64().unwrap_or(0);
             let out: i64 = ctx
-                .step("double", |_| async move {
+                .step(Step::new("double"), |_| async move {
                     if n < 0 {
                         return Err(StepError::non_retriable(format!("{n} is negative")));
                     }
@@ -283,24 +274,21 @@ fn child() -> Function {
         })
 }
 
+const DOUBLE_IT: Invoke<Value, i64> =
+    Invoke::new("double-it", "double").timeout(Duration::from_secs(30));
+
 fn parent() -> Function {
-    Function::new("parent").trigger("t/parent").handler(
-        |ctx: Ctx, event: Event<Value>| async move {
+    Function::new("parent")
+        .trigger("t/parent")
+        .invokes(DOUBLE_IT)
+        .handler(|ctx: Ctx, event: Event<Value>| async move {
             let n = event.data["n"].as_i64().unwrap_or(0);
-            let result: Result<i64, Error> = ctx
-                .invoke(
-                    "double-it",
-                    "double",
-                    json!({"n": n}),
-                    Duration::from_secs(30),
-                )
-                .await;
+            let result = ctx.invoke(DOUBLE_IT, &json!({"n": n})).await;
             Ok::<_, Error>(match result {
                 Ok(v) => json!({"value": v}),
                 Err(e) => json!({"error": e.name, "message": e.message}),
             })
-        },
-    )
+        })
 }
 
 #[tokio::test(start_paused = true)]
@@ -357,14 +345,14 @@ async fn fifty_events_for_one_creator_never_run_more_than_ten_at_once() {
     let f = Function::new("transcode")
         .trigger("t/video.uploaded")
         .concurrency(10, Some("data.creator_id"))
-        .step("begin", StepConfig::default())
-        .step("end", StepConfig::default())
+        .step(Step::new("begin"))
+        .step(Step::new("end"))
         .handler(move |ctx: Ctx, event: Event<Value>| {
             let flight = flight.clone();
             async move {
                 let creator = event.data["creator_id"].as_str().unwrap_or("").to_string();
                 let (f1, c1) = (flight.clone(), creator.clone());
-                ctx.step("begin", |_| async move {
+                ctx.step(Step::new("begin"), |_| async move {
                     let mut map = f1.lock().unwrap();
                     let entry = map.entry(c1).or_default();
                     entry.0 += 1;
@@ -373,7 +361,7 @@ async fn fifty_events_for_one_creator_never_run_more_than_ten_at_once() {
                 })
                 .await?;
                 ctx.sleep("work", Duration::from_secs(7)).await?;
-                ctx.step("end", |_| async move {
+                ctx.step(Step::new("end"), |_| async move {
                     flight.lock().unwrap().entry(creator).or_default().0 -= 1;
                     Ok::<_, StepError>(())
                 })
@@ -439,11 +427,11 @@ async fn a_throttle_spaces_starts_and_drops_nothing() {
     let f = Function::new("throttled")
         .trigger("t/throttled")
         .throttle(2, Duration::from_secs(10), None)
-        .step("go", StepConfig::default())
+        .step(Step::new("go"))
         .handler(move |ctx: Ctx, _e: Event<Value>| {
             let s = s.clone();
             async move {
-                ctx.step("go", |_| async move {
+                ctx.step(Step::new("go"), |_| async move {
                     s.lock().unwrap().push(tokio::time::Instant::now());
                     Ok::<_, StepError>(())
                 })
@@ -595,7 +583,11 @@ fn flow_control_limits_are_checked_at_registration() {
             .register(f().debounce(Duration::from_secs(8 * 86400), None))
             .is_err()
     );
-    assert!(Registry::new().register(f().waits_for("t/x", "")).is_err());
+    assert!(
+        Registry::new()
+            .register(f().wait(Wait::<Value>::new("w", "t/x").on("")))
+            .is_err()
+    );
     assert!(
         Registry::new()
             .register(f().concurrency(10, Some("data.k")).throttle(

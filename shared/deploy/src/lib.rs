@@ -1501,7 +1501,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use baton::webhook::WebhookSource;
-    use baton::{Ctx, Error, Event, FailureData};
+    use baton::{Ctx, Error, Event, FailureData, Step};
 
     use super::*;
 
@@ -1524,14 +1524,13 @@ mod tests {
             .register(
                 noop("process-order")
                     .trigger("demo/order.placed")
-                    .step("validate", StepConfig::default())
+                    .step(Step::new("validate"))
                     .step(
-                        "charge-card",
-                        StepConfig::default()
+                        Step::new("charge-card")
                             .timeout(Duration::from_secs(30))
                             .host(Host::Vercel),
                     )
-                    .failure_step("record-failure", StepConfig::default())
+                    .failure_step(Step::new("record-failure"))
                     .on_failure(
                         |_ctx: Ctx, _ev: Event<FailureData>| async move { Ok::<_, Error>(()) },
                     ),
@@ -1701,11 +1700,16 @@ mod tests {
 
     fn one_step_registry(config: StepConfig) -> Registry {
         Registry::new()
-            .register(Function::new("f").trigger("t/x").step("s", config).handler(
-                |_ctx: baton::Ctx, _ev: baton::Event<serde_json::Value>| async move {
-                    Ok::<_, baton::Error>(())
-                },
-            ))
+            .register(
+                Function::new("f")
+                    .trigger("t/x")
+                    .step(Step::new("s").with_config(config))
+                    .handler(
+                        |_ctx: baton::Ctx, _ev: baton::Event<serde_json::Value>| async move {
+                            Ok::<_, baton::Error>(())
+                        },
+                    ),
+            )
             .unwrap()
     }
 

@@ -1,6 +1,7 @@
 //! The HTTP API (API.md) through the axum Router, request in, response out (no sockets), over a
 //! local runtime on the in-memory store.
 
+use baton::Step;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use baton::local::{LocalOptions, LocalRuntime};
 use baton::store::memory::MemoryStore;
 use baton::webhook::WebhookSource;
-use baton::{
-    Ctx, EngineConfig, Event, FailureData, Function, Limits, Registry, StepConfig, StepError,
-};
+use baton::{Ctx, EngineConfig, Event, FailureData, Function, Limits, Registry, StepError};
 use baton_http::{Keys, router};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -24,15 +23,15 @@ const WAIT: Duration = Duration::from_secs(10);
 fn registry() -> Registry {
     let greet = Function::new("greet")
         .trigger("test/greet")
-        .step("hello", StepConfig::default())
+        .step(Step::new("hello"))
         .handler(|ctx: Ctx, ev: Event<Value>| async move {
             let who = ev.data["who"].as_str().unwrap_or("nobody").to_string();
             let s: String = ctx
-                .step("hello", |_| async move {
+                .step(Step::new("hello"), |_| async move {
                     Ok::<_, StepError>(format!("hi {who}"))
                 })
                 .await?;
-            ctx.progress(100, "done").await?;
+            ctx.progress(100, "done");
             Ok(s)
         });
     // Stays Running (asleep) for an hour: something to cancel.
@@ -45,15 +44,14 @@ fn registry() -> Registry {
     let failer = Function::new("failer")
         .trigger("test/fail")
         .step(
-            "boom",
-            StepConfig::default()
+            Step::new("boom")
                 .timeout(Duration::from_millis(1500))
                 .memory_mb(512)
                 .retries(0),
         )
         .handler(|ctx: Ctx, _ev: Event<Value>| async move {
             let s: String = ctx
-                .step("boom", |_| async move {
+                .step(Step::new("boom"), |_| async move {
                     Err::<String, _>(StepError::non_retriable("it broke"))
                 })
                 .await?;
@@ -1167,9 +1165,10 @@ async fn functions_are_listed_with_their_steps_and_triggers() {
     assert_eq!(greet["triggers"], json!([{"event": "test/greet"}]));
     assert_eq!(
         greet["steps"],
-        json!([{"name": "hello", "timeout_s": 60, "memory_mb": 256, "retries": 3, "host": "lambda"}])
+        json!([{"name": "hello", "timeout_s": 60, "memory_mb": 256, "retries": 4, "host": "lambda"}])
     );
-    assert_eq!(greet["retries"], 3);
+    // Inngest's default: 4 retries after the first attempt.
+    assert_eq!(greet["retries"], 4);
     assert_eq!(greet["concurrency"], json!([]));
     assert_eq!(greet["on_failure"], false);
 

@@ -3,6 +3,7 @@
 //! the signing key, the stats endpoint, and cursor paging over 100,000 runs in SQLite.
 //! (The real-browser test is tests/dashboard.rs at the workspace root.)
 
+use baton::{Step, Wait};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use baton::model::{ErrorInfo, EventRecord, RunQuery, RunRecord, RunStatus};
 use baton::queue::local::LocalQueue;
 use baton::store::Store;
 use baton::store::memory::MemoryStore;
-use baton::{Ctx, EngineConfig, Event, Function, Registry, StepConfig, StepError};
+use baton::{Ctx, EngineConfig, Event, Function, Registry, StepError};
 use baton_http::dashboard::{FRAGMENT_HEADER, RUNS_PER_PAGE};
 use baton_http::routes::{Access, Part, ROUTES, Route};
 use baton_http::{Keys, router};
@@ -31,31 +32,31 @@ fn registry() -> Registry {
     let greet = Function::new("greet")
         .name("Greet someone")
         .trigger("test/greet")
-        .step("hello", StepConfig::default().memory_mb(512))
+        .step(Step::new("hello").memory_mb(512))
         .handler(|ctx: Ctx, ev: Event<Value>| async move {
             let who = ev.data["who"].as_str().unwrap_or("nobody").to_string();
             let s: String = ctx
-                .step("hello", |_| async move {
+                .step(Step::new("hello"), |_| async move {
                     Ok::<_, StepError>(format!("hi {who}"))
                 })
                 .await?;
-            ctx.progress(100, format!("greeted {s}")).await?;
+            ctx.progress(100, format!("greeted {s}"));
             Ok(s)
         });
     let napper = Function::new("napper").trigger("test/nap").handler(
         |ctx: Ctx, _ev: Event<Value>| async move {
-            ctx.progress(10, "napping").await?;
+            ctx.progress(10, "napping");
             ctx.sleep("nap", Duration::from_secs(3600)).await?;
             Ok("woke")
         },
     );
     let failer = Function::new("failer")
         .trigger("test/fail")
-        .step("boom", StepConfig::default().retries(0))
+        .step(Step::new("boom").retries(0))
         .handler(|ctx: Ctx, ev: Event<Value>| async move {
             let why = ev.data["why"].as_str().unwrap_or("it broke").to_string();
             let s: String = ctx
-                .step("boom", |_| async move {
+                .step(Step::new("boom"), |_| async move {
                     Err::<String, _>(StepError::non_retriable(why))
                 })
                 .await?;
@@ -72,7 +73,7 @@ fn registry() -> Registry {
         .concurrency(5, Some("data.customer"))
         .throttle(10, Duration::from_secs(60), None)
         .rate_limit(100, Duration::from_secs(3600), Some("data.customer"))
-        .waits_for("test/approved", "data.id")
+        .wait(Wait::<Value>::new("approved", "test/approved").on("data.id"))
         .handler(|_ctx: Ctx, ev: Event<Value>| async move { Ok(ev.data) });
     let debounced = Function::new("debounced")
         .trigger("test/typed")

@@ -40,12 +40,12 @@ use baton::model::{
     StepOutcome, StepRecord, StepStatus,
 };
 use baton::store::StoreResult;
-use baton::{Ctx, Event, Function, NewEvent, Registry, RunStatus, StepConfig, StepError, Store};
+use baton::{Ctx, Event, Function, NewEvent, Registry, RunStatus, Step, StepError, Store};
 use baton_sqlite::{Durability, SqliteStore};
 
 const FUNCTION: &str = "chain";
 const EVENT: &str = "bench/chain";
-const STEPS: [&str; 10] = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"];
+const STEPS: [&'static str; 10] = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"];
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -119,14 +119,14 @@ fn parse_args() -> Result<Options, String> {
 fn registry() -> Registry {
     let mut function = Function::new(FUNCTION).trigger(EVENT);
     for name in STEPS {
-        function = function.step(name, StepConfig::default());
+        function = function.step(Step::new(name));
     }
     let function = function.handler(|ctx: Ctx, event: Event<Value>| async move {
         let mut prev = json!({"n": event.data["n"].clone(), "step": null, "acc": 1});
         for (i, name) in STEPS.iter().enumerate() {
             let input = prev;
             prev = ctx
-                .step(name, move |_| async move {
+                .step(Step::new(name), move |_| async move {
                     let acc = input["acc"].as_u64().unwrap_or(0);
                     Ok::<Value, StepError>(json!({
                         "n": input["n"].clone(),

@@ -19,7 +19,9 @@ use tokio::sync::Notify;
 use super::wait::{WAIT_LOOKBACK, WaitSpec, wait_key};
 use super::{Engine, NewEvent};
 use crate::error::{EngineError, Error, ErrorKind, StepError};
-use crate::function::{Event, FUNCTION_FINISHED, FUNCTION_INVOKED, Function, INVOKE_META};
+use crate::function::{
+    Event, FUNCTION_FINISHED, FUNCTION_INVOKED, Function, INVOKE_META, Invoke, Matching, Step, Wait,
+};
 use crate::model::{
     ErrorInfo, Message, MessageKind, Progress, RunRecord, StepKind, StepOutcome, StepRecord,
     StepStatus,
@@ -54,52 +56,6 @@ pub(crate) struct Pending {
     pub is_new: bool,
     /// For a wait: where it meets its event.
     pub wait: Option<WaitSpec>,
-}
-
-/// What `ctx.wait_for_event` waits for: an event name, the field to match, and a timeout.
-///
-/// ```ignore
-/// let done: Option<Event<TaskUpdate>> = ctx
-///     .wait_for_event("wait-render", WaitFor::event("clips/task.updated", Duration::from_secs(3600))
-///         .matching("data.task_id", &task.id))
-///     .await?;
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct WaitFor {
-    event: String,
-    timeout: Duration,
-    matching: Option<WaitMatch>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum WaitMatch {
-    Value(String, Value),
-    RunEvent(String),
-}
-
-impl WaitFor {
-    /// Waits up to `timeout` for an event named `event` (it must also say what to match).
-    pub fn event(event: impl Into<String>, timeout: Duration) -> Self {
-        WaitFor {
-            event: event.into(),
-            timeout,
-            matching: None,
-        }
-    }
-
-    /// Only an event whose field at `field` (dotted, e.g. `data.task_id`) equals `value`.
-    pub fn matching(mut self, field: impl Into<String>, value: impl Serialize) -> Self {
-        let value = serde_json::to_value(value).unwrap_or(Value::Null);
-        self.matching = Some(WaitMatch::Value(field.into(), value));
-        self
-    }
-
-    /// Only an event whose field at `field` equals the same field of the run's own event
-    /// (Inngest's `match`).
-    pub fn matching_run_event(mut self, field: impl Into<String>) -> Self {
-        self.matching = Some(WaitMatch::RunEvent(field.into()));
-        self
-    }
 }
 
 /// Function code's handle on its run.
@@ -254,15 +210,19 @@ impl Ctx {
 
     /// Runs `body` once, durably: its output is journaled and returned on every replay.
     ///
-    /// `name` must be declared on the function. Errors from the body are retried per the
-    /// step's policy; when retries are exhausted (or the error is non-retriable) this returns
-    /// an error of kind [`ErrorKind::StepFailed`], which the code may handle.
-    pub async fn step<T, F, Fut>(&self, name: &str, body: F) -> Result<T, Error>
+    /// `step` must be declared on the function ([`Function::steps`]); its declaration's
+    /// timeout and retries apply. The body is an async closure (`async |s| ...`, or
+    /// `|s| async move { ... }`) that may borrow from the function's code: it is awaited
+    /// here. Errors from the body are retried per the step's policy; when retries are exhausted
+    /// (or the error is non-retriable) this returns an error of kind
+    /// [`ErrorKind::StepFailed`], which the code may handle.
+    pub async fn step<T, F, Fut>(&self, step: Step, body: F) -> Result<T, Error>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce(StepCtx) -> Fut,
         Fut: Future<Output = Result<T, StepError>>,
     {
+        let name = step.name();
         let (step_id, existing) = self.enter(name, StepKind::Run).await?;
         if let Some(done) = existing.as_ref().and_then(journaled::<T>) {
             return done;
@@ -384,7 +344,7 @@ impl Ctx {
         }
     }
 
-    /// Fan-out: runs step `name` once per item, at most `parallelism` (at least 1) at a time,
+    /// Fan-out: runs `step` once per item, at most `parallelism` (at least 1) at a time,
     /// and returns the outputs in the items' order. Each item is a step of its own (a branch:
     /// id `{n}/{name}`), journaled and retried on its own; as items finish, the next ones
     /// start. Every item runs; the error of the first item (in item order) that failed for
@@ -392,12 +352,12 @@ impl Ctx {
     ///
     /// ```ignore
     /// let vectors: Vec<Vec<f32>> = ctx
-    ///     .map("embed", chunks.chunks(20).map(<[_]>::to_vec), 4, |_, batch| embed(batch))
+    ///     .map(EMBED, chunks.chunks(20).map(<[_]>::to_vec), 4, |_, batch| embed(batch))
     ///     .await?;
     /// ```
     pub async fn map<I, T, F, Fut>(
         &self,
-        name: &str,
+        step: Step,
         items: impl IntoIterator<Item = I>,
         parallelism: usize,
         f: F,
@@ -413,7 +373,7 @@ impl Ctx {
         let work: Vec<(Ctx, I)> = items.into_iter().map(|item| (self.clone(), item)).collect();
         let f = &f;
         let results: Vec<Result<T, Error>> = futures::stream::iter(work)
-            .map(|(branch, item)| async move { branch.step(name, |s| f(s, item)).await })
+            .map(|(branch, item)| async move { branch.step(step, |s| f(s, item)).await })
             .buffered(parallelism.max(1))
             .collect()
             .await;
@@ -470,51 +430,64 @@ impl Ctx {
         Ok(())
     }
 
-    /// Waits durably for an event (see [`WaitFor`]); `None` when the timeout came first.
+    /// Waits durably for `wait`'s event whose field equals `value`; `None` when the timeout
+    /// came first.
     ///
     /// Race-free: an event that arrived after the run started but before this wait was
-    /// registered (the outside service answered fast) is found. The `(event, field)` pair must
-    /// be declared with [`Function::waits_for`]. The timeout counts toward the same limits as a
-    /// sleep.
+    /// registered (the outside service answered fast) is found. The wait must be declared on
+    /// the function ([`Function::wait`]); its timeout counts toward the same limits as a sleep.
     pub async fn wait_for_event<D: DeserializeOwned>(
         &self,
-        name: &str,
-        wait: WaitFor,
+        wait: Wait<D>,
+        value: impl Serialize,
     ) -> Result<Option<Event<D>>, Error> {
-        let (field, value) = match wait.matching {
-            Some(WaitMatch::Value(field, value)) => (field, value),
-            Some(WaitMatch::RunEvent(field)) => {
-                let value = crate::function::lookup(&self.inner.run.event.to_json(), &field)
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                (field, value)
-            }
-            None => {
-                return Err(self.fail_definition(
-                    "InvalidWait",
-                    format!("wait {name:?} must say what to match (WaitFor::matching)"),
-                ));
-            }
-        };
+        let value = serde_json::to_value(value).unwrap_or(Value::Null);
+        self.wait_declared(wait, value).await
+    }
+
+    /// Waits durably for `wait`'s event whose field equals the same field of this run's own
+    /// event (Inngest's `match`; the wait is declared with [`Wait::matching_run_event`]).
+    pub async fn wait_for_match<D: DeserializeOwned>(
+        &self,
+        wait: Wait<D>,
+    ) -> Result<Option<Event<D>>, Error> {
+        let value = crate::function::lookup(&self.inner.run.event.to_json(), wait.field())
+            .cloned()
+            .unwrap_or(Value::Null);
+        self.wait_declared(wait, value).await
+    }
+
+    async fn wait_declared<D: DeserializeOwned>(
+        &self,
+        wait: Wait<D>,
+        value: Value,
+    ) -> Result<Option<Event<D>>, Error> {
+        let (name, event, field) = (wait.name(), wait.event(), wait.field());
         let declared = self
             .inner
             .function
             .waits
             .iter()
-            .any(|(e, f)| *e == wait.event && *f == field);
+            .any(|(e, f)| e == event && f == field);
         if !declared {
             return Err(self.fail_definition(
                 "UndeclaredWait",
                 format!(
-                    "wait {name:?} for {:?} on {field:?} is not declared on function {:?} (Function::waits_for)",
-                    wait.event, self.inner.function.id
+                    "wait {name:?} for {event:?} on {field:?} is not declared on function {:?} (Function::wait)",
+                    self.inner.function.id
                 ),
             ));
         }
-        let event = self
-            .wait_step(name, &wait.event, &field, value, wait.timeout)
+        if wait.matching() == Matching::RunEvent && value.is_null() {
+            return Err(self.fail_definition(
+                "InvalidWait",
+                format!("wait {name:?} matches the run's own {field:?}, which its event lacks"),
+            ));
+        }
+        let received = self
+            .wait_step(name, event, field, value, wait.timeout_duration())
             .await?;
-        event
+        received
             .map(|event| {
                 serde_json::from_value(event).map_err(|e| {
                     Error::with_kind(
@@ -562,18 +535,31 @@ impl Ctx {
         self.block_on(record, Some(spec)).await
     }
 
-    /// Runs function `function_id` as a child with `data` (a JSON object) and returns its
-    /// output, or its error as a failed step. The child is an ordinary run (its own retries,
-    /// flow control and status) started by a [`FUNCTION_INVOKED`] event; this run waits for
-    /// its [`FUNCTION_FINISHED`] event, at most `timeout` (then it fails with `InvokeTimedOut`).
-    /// Journaled as two entries: the event sent (`name`) and the wait (`{name}.finished`).
-    pub async fn invoke<T: DeserializeOwned>(
+    /// Runs `invoke`'s function as a child with `data` (it must serialize to a JSON object)
+    /// and returns its output, or its error as a failed step. The child is an ordinary run
+    /// (its own retries, flow control and status) started by a [`FUNCTION_INVOKED`] event;
+    /// this run waits for its [`FUNCTION_FINISHED`] event, at most the invoke's timeout (then
+    /// it fails with `InvokeTimedOut`). Journaled as two entries: the event sent (the invoke's
+    /// name) and the wait (`{name}.finished`).
+    pub async fn invoke<I: Serialize, O: DeserializeOwned>(
         &self,
-        name: &str,
-        function_id: &str,
-        data: impl Serialize,
-        timeout: Duration,
-    ) -> Result<T, Error> {
+        invoke: Invoke<I, O>,
+        data: &I,
+    ) -> Result<O, Error> {
+        let (name, function_id, timeout) = (
+            invoke.name(),
+            invoke.function_id(),
+            invoke.timeout_duration(),
+        );
+        if !self.inner.function.invokes.iter().any(|f| f == function_id) {
+            return Err(self.fail_definition(
+                "UndeclaredInvoke",
+                format!(
+                    "invoke {name:?} of {function_id:?} is not declared on function {:?} (Function::invokes)",
+                    self.inner.function.id
+                ),
+            ));
+        }
         if self.inner.engine.registry().get(function_id).is_none() {
             return Err(self.fail_definition(
                 "UnknownFunction",
@@ -698,14 +684,14 @@ impl Ctx {
         }
     }
 
-    /// Reports progress, shown in the run's status. The last value reached by a replay is
-    /// stored once per invocation.
-    pub async fn progress(&self, percent: u8, message: impl Into<String>) -> Result<(), Error> {
+    /// Reports progress, shown in the run's status (`GET /v1/runs/{id}`, the dashboard, `baton
+    /// run --follow`). It only sets a value: the last one a replay reaches is stored once per
+    /// invocation, with the invocation's other writes.
+    pub fn progress(&self, percent: u8, message: impl Into<String>) {
         self.state().progress = Some(Progress {
             percent: percent.min(100),
             message: message.into(),
         });
-        Ok(())
     }
 
     // ---- internals ----

@@ -21,7 +21,7 @@ use ulid::Ulid;
 
 use cache::JournalCache;
 pub use config::{Backoff, Clock, EngineConfig, Limits};
-pub use ctx::{Ctx, StepCtx, WaitFor};
+pub use ctx::{Ctx, StepCtx};
 use ctx::{PassEnd, PassResult, Pending, Target};
 pub use flow::SLOT_RECHECK;
 pub use wait::WAIT_LOOKBACK;

@@ -5,7 +5,7 @@
 //! in the store's coordination entries, each writing first and reading second:
 //!
 //! - an arriving event is indexed (`e:{event_id}`) under the key of every declared wait field
-//!   ([`crate::Function::waits_for`]), then the registered waiters (`w:{run}:{step}`) are read
+//!   ([`crate::Function::wait`]), then the registered waiters (`w:{run}:{step}`) are read
 //!   and their wait steps finished with the event;
 //! - a wait is planned, registered as a waiter, then the events indexed under its key since
 //!   its run started are read, and the earliest one finishes it.
