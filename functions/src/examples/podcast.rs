@@ -223,11 +223,7 @@ pub fn on_cancelled(services: Arc<Services>) -> Function {
         services,
         async |ctx: Ctx, event: Event<Cancelled>, services: Arc<Services>| {
             let cancelled = &event.data;
-            let error = match &cancelled.error {
-                Some(e) => format!("{}: {}", e.name, e.message),
-                // Cancelled by hand (DELETE /v1/runs/{id}, a cancel-on event).
-                None => "Cancelled: the run was cancelled".to_owned(),
-            };
+            let error = format!("{}: {}", cancelled.error.name, cancelled.error.message);
             mark_failed(&services, &ctx, &cancelled.event, &cancelled.run_id, error).await
         },
     )
@@ -238,9 +234,8 @@ pub fn on_cancelled(services: Arc<Services>) -> Function {
 pub struct Cancelled {
     pub run_id: String,
     pub event: Value,
-    /// Why, when the engine cancelled it (`FinishTimeout`, `StartTimeout`).
-    #[serde(default)]
-    pub error: Option<ErrorInfo>,
+    /// Why: `FinishTimeout`, `StartTimeout`, or `Cancelled` (by request or by an event).
+    pub error: ErrorInfo,
 }
 
 fn episode_row(id: &str) -> String {

@@ -398,6 +398,7 @@ fn init_tracing() {
 }
 
 fn generate(args: GenerateArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
+    registry.check()?;
     let layout = baton_deploy::Layout::discover_in(&args.root, &args.app)?;
     if args.check {
         let drift = baton_deploy::check(&args.root, &layout, registry)?;

@@ -545,12 +545,6 @@ async fn follow_run(
     let mut last: Option<(u64, String, String)> = None;
     let mut failures = 0;
     loop {
-        for line in step_events(&run, &mut seen) {
-            match &bar {
-                Some(bar) => bar.println(line),
-                None => println!("{line}"),
-            }
-        }
         let status = str_of(&run["status"]).to_string();
         let (mut percent, message) = progress_of(&run).unwrap_or((0, String::new()));
         if status == "Completed" {
@@ -577,6 +571,13 @@ async fn follow_run(
                 ),
             }
             last = Some(now);
+        }
+        // Progress first: the first line says where the run is, then what its steps did.
+        for line in step_events(&run, &mut seen) {
+            match &bar {
+                Some(bar) => bar.println(line),
+                None => println!("{line}"),
+            }
         }
         if ended(&run) {
             if let Some(bar) = &bar {

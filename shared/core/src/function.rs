@@ -262,6 +262,30 @@ impl Step {
 /// expands to `pub const DOWNLOAD: Step = ...;`, `pub const TRANSCRIBE: Step = ...;` and
 /// `pub const STEPS: &[Step] = &[DOWNLOAD, TRANSCRIBE];`, which the function's definition takes
 /// ([`Function::steps`]).
+///
+/// A misspelt step does not compile:
+///
+/// ```compile_fail
+/// use baton::{Ctx, Error, Step, steps};
+///
+/// steps! {
+///     const STEPS = [DOWNLOAD = Step::new("download")];
+/// }
+///
+/// async fn code(ctx: Ctx) -> Result<u32, Error> {
+///     ctx.step(DOWNLAOD, async |_| Ok(1)).await
+/// }
+/// ```
+///
+/// nor does a step named by a string instead of its declaration:
+///
+/// ```compile_fail
+/// use baton::{Ctx, Error};
+///
+/// async fn code(ctx: Ctx) -> Result<u32, Error> {
+///     ctx.step("download", async |_| Ok(1)).await
+/// }
+/// ```
 #[macro_export]
 macro_rules! steps {
     (

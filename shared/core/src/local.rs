@@ -52,12 +52,16 @@ pub struct LocalRuntime {
 
 impl LocalRuntime {
     /// Starts the dispatcher and the sweeper, and re-drives every run that had not ended
-    /// (the in-process queue does not survive a restart; the journal does).
+    /// (the in-process queue does not survive a restart; the journal does). A registry that
+    /// fails [`Registry::check`] is refused.
     pub async fn start(
         registry: Registry,
         store: Arc<dyn Store>,
         options: LocalOptions,
     ) -> Result<Self, EngineError> {
+        registry
+            .check()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let (queue, receiver) = LocalQueue::new();
         let engine = Engine::new(
             registry,

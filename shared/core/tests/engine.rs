@@ -803,6 +803,16 @@ async fn cancelling_a_sleeping_run_stops_it() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cancelled = rt.engine().cancel(&run_id).await.unwrap();
     assert_eq!(cancelled.status, RunStatus::Cancelled);
+    // It says why, and nothing in its journal is left pending: the sleep it was in failed
+    // with `Cancelled`.
+    let error = cancelled.error.unwrap();
+    assert_eq!(error.name, "Cancelled");
+    assert!(error.message.contains("cancelled by request"), "{error:?}");
+    let journal = rt.engine().store().journal(&run_id).await.unwrap();
+    assert_eq!(journal.len(), 1, "{journal:?}");
+    assert_eq!(journal[0].step_id, "long");
+    assert_eq!(journal[0].status, StepStatus::Failed);
+    assert_eq!(journal[0].error.as_ref().unwrap().name, "Cancelled");
     tokio::time::sleep(Duration::from_secs(7200)).await;
     assert_eq!(ran.load(Ordering::SeqCst), 0);
     assert!(matches!(

@@ -598,3 +598,71 @@ fn flow_control_limits_are_checked_at_registration() {
             .is_ok()
     );
 }
+
+// ---- declarations ----
+
+#[tokio::test(start_paused = true)]
+async fn an_invoke_target_must_be_registered_and_declared() {
+    // Declared but not registered: the registry refuses to run it.
+    let registry = Registry::new().register(parent()).unwrap();
+    let e = registry.check().unwrap_err().to_string();
+    assert!(
+        e.contains("invokes \"double\", which is not registered"),
+        "{e}"
+    );
+    let refused = baton::local::LocalRuntime::start(
+        registry,
+        std::sync::Arc::new(baton::store::memory::MemoryStore::new()),
+        Default::default(),
+    )
+    .await;
+    assert!(refused.is_err());
+
+    // Registered but not declared by the caller: the call fails the run.
+    let sneaky = Function::new("sneaky").trigger("t/sneaky").handler(
+        |ctx: Ctx, _event: Event<Value>| async move {
+            let n = ctx.invoke(DOUBLE_IT, &json!({"n": 1})).await?;
+            Ok::<_, Error>(n)
+        },
+    );
+    let rt = start(
+        Registry::new()
+            .register(child())
+            .unwrap()
+            .register(sneaky)
+            .unwrap(),
+    )
+    .await;
+    let event_id = send(&rt, "t/sneaky", json!({})).await;
+    let run = finish(&rt, &run_id_for(&event_id, "sneaky")).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.error.unwrap().name, "UndeclaredInvoke");
+}
+
+baton::steps! {
+    /// Two steps declared together.
+    const PAIR = [
+        FIRST = Step::new("first").retries(0),
+        /// The second.
+        SECOND = Step::new("second").timeout(Duration::from_secs(5)),
+    ];
+}
+
+#[test]
+fn steps_declares_the_constants_and_their_list() {
+    assert_eq!(PAIR, [FIRST, SECOND]);
+    let f = Function::new("pair")
+        .trigger("t/pair")
+        .steps(PAIR)
+        .handler(|_ctx: Ctx, _event: Event<Value>| async move { Ok::<_, Error>(()) });
+    assert_eq!(f.steps["first"].retries, Some(0));
+    assert_eq!(f.steps["second"].timeout, Duration::from_secs(5));
+    // A step declared twice is refused at registration.
+    let twice = Function::new("twice")
+        .trigger("t/twice")
+        .steps(PAIR)
+        .step(FIRST)
+        .handler(|_ctx: Ctx, _event: Event<Value>| async move { Ok::<_, Error>(()) });
+    let e = Registry::new().register(twice).err().unwrap().to_string();
+    assert!(e.contains("step \"first\" is declared twice"), "{e}");
+}

@@ -65,6 +65,15 @@ use baton::function::Function;
 use baton::model::{RunQuery, RunRecord, RunStatus, StepKind, StepRecord, StepStatus};
 use html::{badge, duration, enc, esc, json_block, json_inline, opt_time, progress, query, time};
 
+/// `1 retry`, `4 retries`, `no retries`.
+fn retries(n: u32) -> String {
+    match n {
+        0 => "no retries".to_owned(),
+        1 => "1 retry".to_owned(),
+        n => format!("{n} retries"),
+    }
+}
+
 /// Runs per page of the runs list.
 pub const RUNS_PER_PAGE: usize = 50;
 /// Newest runs shown on a function's page.
@@ -1209,7 +1218,10 @@ fn per_key(key: &Option<String>) -> String {
 fn flow_control(f: &Function) -> Vec<(&'static str, String)> {
     let flow = &f.flow;
     let mut out = vec![
-        ("Retries", format!("{} per step (default)", f.retries)),
+        (
+            "Retries",
+            format!("{} per step (default)", retries(f.retries)),
+        ),
         (
             "Concurrency",
             flow.concurrency.as_ref().map_or_else(
@@ -1332,11 +1344,11 @@ async fn functions_page(
             .iter()
             .map(|(name, c)| {
                 format!(
-                    "<code>{}</code> <span class=\"note\">{} · {} MB · {} retries{}</span>",
+                    "<code>{}</code> <span class=\"note\">{} · {} MB · {}{}</span>",
                     esc(name),
                     secs(c.timeout),
                     c.memory_mb,
-                    f.step_retries(name),
+                    retries(f.step_retries(name)),
                     if c.host == baton::function::Host::Vercel {
                         " · on Vercel"
                     } else {

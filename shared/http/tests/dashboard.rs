@@ -345,9 +345,13 @@ async fn every_page_shows_real_data() {
         "Rate limit: 100 per 1 h 0 m per <code>data.customer</code>",
         "Waits for: <code>test/approved</code> matching <code>data.id</code>",
         "Debounce: 5.0 s per <code>data.doc</code>",
+        // Counted in words: `boom` has none, the others the default 4.
+        "no retries",
+        "4 retries",
     ] {
         assert!(page.text.contains(needle), "{needle:?} missing");
     }
+    assert!(!page.text.contains("0 retries") && !page.text.contains("1 retries"));
     assert!(page.text.contains("data-stat=\"success\">100.0%"), "greet");
     assert!(page.text.contains("data-stat=\"success\">0.0%"), "failer");
     let page = dash.get("/functions?window=1h").await;

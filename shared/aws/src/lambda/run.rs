@@ -95,8 +95,9 @@ fn required(name: &str) -> anyhow::Result<String> {
 }
 
 /// The engine over the DynamoDB table and the SQS queues the environment names, running
-/// `registry`'s functions.
+/// `registry`'s functions (refused when it fails [`Registry::check`]).
 pub async fn engine_from_env(registry: Registry) -> anyhow::Result<Engine> {
+    registry.check()?;
     let table = required("BATON_TABLE")?;
     let prefix = std::env::var("BATON_QUEUE_PREFIX").unwrap_or_default();
     let url_prefix = required("BATON_QUEUE_URL_PREFIX")?;

@@ -479,32 +479,48 @@ impl Engine {
         }
     }
 
-    /// Cancels a live run (with the reason, if any) and emits `baton/function.cancelled`.
-    /// False when the run had already ended. What `DELETE /v1/runs/{id}`, a timeout and a
-    /// cancel event all do.
-    async fn cancel_run(
-        &self,
-        run: &RunRecord,
-        error: Option<ErrorInfo>,
-    ) -> Result<bool, EngineError> {
+    /// Cancels a live run with `error` saying why (`Cancelled`, `FinishTimeout`, ...) and
+    /// emits `baton/function.cancelled`. False when the run had already ended. What
+    /// `DELETE /v1/runs/{id}`, a timeout and a cancel event all do. A step already executing
+    /// finishes; the steps the run was waiting on that had not started (planned, sleeping,
+    /// waiting) fail with `Cancelled`, so the journal shows nothing left pending.
+    async fn cancel_run(&self, run: &RunRecord, error: ErrorInfo) -> Result<bool, EngineError> {
+        let now = self.now();
         let t = RunTransition {
             from: vec![RunStatus::Queued, RunStatus::Running],
             to: RunStatus::Cancelled,
-            ended_at: Some(self.now()),
+            ended_at: Some(now),
             output: None,
-            error: error.clone(),
+            error: Some(error.clone()),
         };
         if !self.store().transition_run(&run.run_id, &t).await? {
             return Ok(false);
         }
         self.journal_cache().forget(&run.run_id);
-        self.tell_invoker(run, RunStatus::Cancelled, None, error.as_ref())
+        let not_run = StepOutcome::Failed(ErrorInfo::new(
+            "Cancelled",
+            "the run was cancelled before this step ran",
+        ));
+        for step in self.store().journal(&run.run_id).await? {
+            let unstarted = matches!(
+                step.status,
+                StepStatus::Planned | StepStatus::Sleeping | StepStatus::Waiting
+            );
+            if unstarted {
+                self.store()
+                    .finish_step(&run.run_id, &step.step_id, &not_run, now)
+                    .await?;
+            }
+        }
+        self.tell_invoker(run, RunStatus::Cancelled, None, Some(&error))
             .await?;
         self.after_end(run).await?;
-        let mut data = json!({"function_id": run.function_id, "run_id": run.run_id, "event": run.event.to_json()});
-        if let Some(error) = error {
-            data["error"] = json!(error);
-        }
+        let data = json!({
+            "function_id": run.function_id,
+            "run_id": run.run_id,
+            "event": run.event.to_json(),
+            "error": error,
+        });
         self.emit(
             NewEvent::new(FUNCTION_CANCELLED, data)
                 .with_id(format!("baton:cancelled:{}", run.run_id)),
@@ -619,7 +635,7 @@ impl Engine {
             return self.fail_run(&run, error).await.map(|()| None);
         };
         if let Some(error) = self.timed_out(&function, &run, now) {
-            return self.cancel_run(&run, Some(error)).await.map(|_| None);
+            return self.cancel_run(&run, error).await.map(|_| None);
         }
         if message.kind == MessageKind::Deadline {
             // Not due yet by this clock: it is re-sent for when it is.
@@ -1105,7 +1121,8 @@ impl Engine {
             .get_run(run_id)
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))?;
-        if !self.cancel_run(&run, None).await? {
+        let error = ErrorInfo::new("Cancelled", "the run was cancelled by request");
+        if !self.cancel_run(&run, error).await? {
             let status = self
                 .store()
                 .get_run(run_id)
@@ -1196,7 +1213,11 @@ impl Engine {
                 )
                 .await?;
             for run in live.iter().filter(|r| cancel_on.matches(event, &r.event)) {
-                self.cancel_run(run, None).await?;
+                let error = ErrorInfo::new(
+                    "Cancelled",
+                    format!("cancelled by the event {} ({})", event.name, event.id),
+                );
+                self.cancel_run(run, error).await?;
             }
         }
         Ok(())
