@@ -73,6 +73,7 @@ async fn aws() -> Aws {
         .endpoint_url(&endpoint)
         .credentials_provider(Credentials::new("test", "test", None, None, "static"))
         .region("us-east-1")
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
         .load()
         .await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);

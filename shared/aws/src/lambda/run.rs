@@ -20,7 +20,7 @@
 //! | `BATON_QUEUE_URL_PREFIX` | a queue's URL is `{url prefix}{name}`, e.g. `https://sqs.us-east-1.amazonaws.com/123456789012/` |
 //! | `BATON_STALE_AFTER_S`    | the sweeper re-drives runs idle this long (default 900) |
 //! | `BATON_EVENT_KEY`, `BATON_SIGNING_KEY` | the HTTP routes' keys ([`baton_http::Keys::from_env`]) |
-//! | `AWS_ENDPOINT_URL`, `AWS_REGION`, credentials | read by aws-config itself (default chain) |
+//! | `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_ENDPOINT_URL` | what Lambda sets (the endpoint only when given): [`sdk_config_from_env`] |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,7 +101,7 @@ pub async fn engine_from_env(registry: Registry) -> anyhow::Result<Engine> {
     let table = required("BATON_TABLE")?;
     let prefix = std::env::var("BATON_QUEUE_PREFIX").unwrap_or_default();
     let url_prefix = required("BATON_QUEUE_URL_PREFIX")?;
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let config = sdk_config_from_env()?;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table);
     let queue = SqsQueue::new(
         aws_sdk_sqs::Client::new(&config),
@@ -113,6 +113,42 @@ pub async fn engine_from_env(registry: Registry) -> anyhow::Result<Engine> {
         Arc::new(queue),
         Default::default(),
     ))
+}
+
+/// The SDK clients' configuration as Lambda (and a Vercel project's environment) gives it:
+/// `AWS_REGION`, the credentials in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
+/// `AWS_SESSION_TOKEN`, and `AWS_ENDPOINT_URL` when set. Not aws-config's default chain:
+/// Lambda always sets these, and the chain (profiles, SSO, STS web identity, IMDS) would add
+/// its code to every handler and its probes to every cold start.
+pub fn sdk_config_from_env() -> anyhow::Result<aws_config::SdkConfig> {
+    use aws_config::environment::EnvironmentVariableCredentialsProvider;
+    use aws_sdk_dynamodb::config::{Region, SharedCredentialsProvider};
+    let region = std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+        .context("AWS_REGION is not set (Lambda sets it; on Vercel, set the stack's region)")?;
+    let mut config = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(Region::new(region))
+        .credentials_provider(SharedCredentialsProvider::new(
+            EnvironmentVariableCredentialsProvider::new(),
+        ))
+        .http_client(https_client());
+    if let Ok(url) = std::env::var("AWS_ENDPOINT_URL") {
+        if !url.trim().is_empty() {
+            config = config.endpoint_url(url.trim());
+        }
+    }
+    Ok(config.build())
+}
+
+/// The SDK clients' HTTPS client: rustls on ring, the system's root certificates.
+fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
 }
 
 /// `BATON_STALE_AFTER_S`, or [`DEFAULT_STALE_AFTER`].
@@ -130,14 +166,23 @@ pub fn stale_after_from_env() -> anyhow::Result<Duration> {
 }
 
 /// Logs to stdout (CloudWatch, Vercel's function logs) without colours or timestamps (both
-/// add their own); `RUST_LOG` filters, `info` by default.
+/// add their own); `RUST_LOG` filters (`info`, or targets and levels as in
+/// `baton=debug,info`), `info` by default. (A `Targets` filter, not `EnvFilter`: no regex
+/// engine in every handler.)
 pub(crate) fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .without_time()
+                .with_filter(filter),
         )
-        .with_ansi(false)
-        .without_time()
         .try_init();
 }
 
