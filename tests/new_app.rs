@@ -127,15 +127,16 @@ fn write(path: &Path, text: &str) {
 
 fn cargo(app: &Path, args: &[&str]) -> Output {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
-        .args(args)
+    // `cargo <command> --offline <the rest>`: after `--` it would be the program's.
+    Command::new(cargo)
+        .arg(args[0])
         .arg("--offline")
+        .args(&args[1..])
         .current_dir(app)
         .env("CARGO_TARGET_DIR", target_dir())
         .env_remove("RUSTFLAGS")
         .output()
-        .unwrap();
-    output
+        .unwrap()
 }
 
 fn ok(what: &str, output: Output) -> String {

@@ -327,7 +327,7 @@ pub fn vercel_functions(registry: &Registry) -> Vec<VercelFunction> {
             handler: VercelHandler::Step {
                 function_id: function.id.clone(),
                 step: step.to_owned(),
-                config: config.clone(),
+                config: *config,
             },
         });
     }

@@ -45,7 +45,7 @@ use baton_sqlite::{Durability, SqliteStore};
 
 const FUNCTION: &str = "chain";
 const EVENT: &str = "bench/chain";
-const STEPS: [&'static str; 10] = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"];
+const STEPS: [&str; 10] = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"];
 
 // ---------------------------------------------------------------------------------------------
 // Options
