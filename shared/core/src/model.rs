@@ -85,13 +85,34 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
+/// The longest error name and message kept (bytes): an outside service's error page must not
+/// become a megabyte in every journal entry and listing.
+pub const MAX_ERROR_NAME: usize = 256;
+pub const MAX_ERROR_MESSAGE: usize = 8 * 1024;
+
 impl ErrorInfo {
+    /// An error, its name and message cut to [`MAX_ERROR_NAME`] and [`MAX_ERROR_MESSAGE`].
     pub fn new(name: impl Into<String>, message: impl Into<String>) -> Self {
         ErrorInfo {
-            name: name.into(),
-            message: message.into(),
+            name: cut(name.into(), MAX_ERROR_NAME),
+            message: cut(message.into(), MAX_ERROR_MESSAGE),
         }
     }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, saying how much went.
+pub fn cut(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let cut_bytes = s.len();
+    let mut end = max.saturating_sub(40);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(&format!("… ({} bytes cut)", cut_bytes - end));
+    s
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,4 +387,21 @@ pub struct RunTransition {
     pub ended_at: Option<DateTime<Utc>>,
     pub output: Option<Value>,
     pub error: Option<ErrorInfo>,
+}
+
+/// How deeply `value` nests: a scalar is 0, an empty or flat array or object 1, and each level
+/// of arrays and objects inside adds one. Iterative: any parsed value is safe to measure.
+pub fn json_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    deepest
 }

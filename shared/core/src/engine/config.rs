@@ -27,6 +27,19 @@ pub struct Limits {
     pub max_run_age: Duration,
     /// How long an event's `id` deduplicates sends (default 24 h).
     pub idempotency_window: Duration,
+    /// How deeply an event's `data` and `user`, and a step's or run's output, may nest
+    /// (default 64 levels of arrays and objects). The engine wraps a run's event in the data
+    /// of its own events (`baton/function.failed`), so a bound well under the JSON parser's
+    /// own (128) keeps everything it stores readable.
+    pub max_json_depth: usize,
+    /// An event's `id` (its idempotency key), in bytes (default 256).
+    pub max_event_id_len: usize,
+    /// The longest `Retry-After` an outside service can ask of a step (default 1 h): a longer
+    /// one is cut to this.
+    pub max_retry_after: Duration,
+    /// Runs one bulk cancellation or bulk replay request acts on (default 1000); more matching
+    /// runs are left for the next request (its `cursor`).
+    pub max_bulk_runs: usize,
 }
 
 impl Default for Limits {
@@ -41,8 +54,22 @@ impl Default for Limits {
             max_sleep: Duration::from_secs(366 * 24 * 3600),
             max_run_age: Duration::from_secs(400 * 24 * 3600),
             idempotency_window: Duration::from_secs(24 * 3600),
+            max_json_depth: 64,
+            max_event_id_len: 256,
+            max_retry_after: Duration::from_secs(3600),
+            max_bulk_runs: 1000,
         }
     }
+}
+
+/// `t + d`, saturating at the latest time chrono represents: durations come from code and
+/// from outside services (a sleep, a timeout, a `Retry-After`), and a huge one must reach the
+/// limit checks as a far-off time, never overflow.
+pub fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Retry backoff: exponential from `base`, capped, with full jitter in `[delay/2, delay]`.
@@ -120,8 +147,10 @@ impl Clock {
         }
     }
     pub fn now(&self) -> DateTime<Utc> {
-        let elapsed = Instant::now().saturating_duration_since(self.base_instant);
-        self.base_utc + chrono::Duration::from_std(elapsed).unwrap_or(chrono::TimeDelta::MAX)
+        later(
+            self.base_utc,
+            Instant::now().saturating_duration_since(self.base_instant),
+        )
     }
 }
 

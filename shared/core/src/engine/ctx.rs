@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use super::config::later;
 use super::wait::{WAIT_LOOKBACK, WaitSpec, wait_key};
 use super::{Engine, NewEvent};
 use crate::error::{EngineError, Error, ErrorKind, StepError};
@@ -26,6 +27,9 @@ use crate::model::{
     ErrorInfo, Message, MessageKind, Progress, RunRecord, StepKind, StepOutcome, StepRecord,
     StepStatus,
 };
+
+/// The longest progress message kept (bytes).
+pub const MAX_PROGRESS_MESSAGE: usize = 1024;
 
 /// Handed to a step body: who it is, for logs and for idempotency keys of outside calls
 /// (a body may run more than once; a recorded output never changes).
@@ -285,9 +289,7 @@ impl Ctx {
                 StepError::non_retriable(format!("output is not serializable: {e}"))
                     .named("OutputNotSerializable")
             })?;
-            engine
-                .check_output_size(&value)
-                .map_err(|e| e.named("OutputTooLarge"))?;
+            engine.check_output(&value)?;
             Ok(value)
         });
         let ended = engine.now();
@@ -295,8 +297,7 @@ impl Ctx {
             Ok(value) => StepOutcome::Completed(value),
             Err(err) if err.retriable && attempt <= self.inner.function.step_retries(name) => {
                 let delay = engine.retry_delay(attempt, err.retry_after);
-                let next_at =
-                    ended + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX);
+                let next_at = later(ended, delay);
                 match engine
                     .store()
                     .retry_step(run_id, &step_id, attempt, &err.info(), next_at)
@@ -382,8 +383,7 @@ impl Ctx {
 
     /// Sleeps durably for `duration` (up to the engine's `max_sleep`, a year by default).
     pub async fn sleep(&self, name: &str, duration: Duration) -> Result<(), Error> {
-        let until =
-            self.inner.now + chrono::Duration::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
+        let until = later(self.inner.now, duration);
         self.sleep_step(name, until).await
     }
 
@@ -408,8 +408,7 @@ impl Ctx {
     /// A sleep or wait may last up to `max_sleep` and must end within the run's maximum age.
     fn check_wake_time(&self, what: &str, name: &str, until: DateTime<Utc>) -> Result<(), Error> {
         let max = self.inner.engine.limits().max_sleep;
-        let longest =
-            self.inner.now + chrono::Duration::from_std(max).unwrap_or(chrono::TimeDelta::MAX);
+        let longest = later(self.inner.now, max);
         if until > longest {
             return Err(self.fail_definition(
                 "SleepTooLong",
@@ -417,8 +416,7 @@ impl Ctx {
             ));
         }
         let max_age = self.inner.engine.limits().max_run_age;
-        let end_of_life = self.inner.run.started_at
-            + chrono::Duration::from_std(max_age).unwrap_or(chrono::TimeDelta::MAX);
+        let end_of_life = later(self.inner.run.started_at, max_age);
         if until > end_of_life {
             return Err(self.fail_definition(
                 "SleepTooLong",
@@ -526,8 +524,7 @@ impl Ctx {
         let record = match existing {
             Some(record) => record,
             None => {
-                let until = self.inner.now
-                    + chrono::Duration::from_std(timeout).unwrap_or(chrono::TimeDelta::MAX);
+                let until = later(self.inner.now, timeout);
                 self.check_wake_time("wait", name, until)?;
                 self.new_record(&step_id, name, StepKind::Wait, Some(until))
             }
@@ -690,7 +687,7 @@ impl Ctx {
     pub fn progress(&self, percent: u8, message: impl Into<String>) {
         self.state().progress = Some(Progress {
             percent: percent.min(100),
-            message: message.into(),
+            message: crate::model::cut(message.into(), MAX_PROGRESS_MESSAGE),
         });
     }
 

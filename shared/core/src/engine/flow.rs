@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::config::later;
 use super::{Engine, run_id_for};
 use crate::error::EngineError;
 use crate::function::{Function, Rate, lookup};
@@ -82,15 +83,10 @@ fn holder(entry: &Entry) -> &str {
         .unwrap_or("")
 }
 
-fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t.checked_add_signed(chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
 impl Engine {
     fn long_expiry(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        add(
-            add(now, self.limits().max_run_age),
+        later(
+            later(now, self.limits().max_run_age),
             Duration::from_secs(86_400),
         )
     }
@@ -269,7 +265,7 @@ impl Engine {
             let earliest = match starts.len().checked_sub(limit) {
                 Some(i) => {
                     let oldest = DateTime::from_timestamp_millis(starts[i]).unwrap_or(now);
-                    add(oldest, rate.period).max(now)
+                    later(oldest, rate.period).max(now)
                 }
                 None => now,
             };
@@ -284,7 +280,7 @@ impl Engine {
                 id: "window".into(),
                 value: json!(starts),
                 version: current.as_ref().map_or(1, |e| e.version + 1),
-                expires_at: add(add(earliest, rate.period), Duration::from_secs(86_400)),
+                expires_at: later(later(earliest, rate.period), Duration::from_secs(86_400)),
             };
             let expect = current
                 .as_ref()
@@ -311,13 +307,13 @@ impl Engine {
         let debounce = function.flow.debounce.as_ref().expect("debounced function");
         let key = flow_key("debounce", function, debounce.key.as_deref(), event);
         let now = self.now();
-        let due = add(now, debounce.period);
+        let due = later(now, debounce.period);
         let last = Entry {
             key,
             id: "last".into(),
             value: json!({"event_id": event.id}),
             version: now.timestamp_micros().max(0) as u64,
-            expires_at: add(due, Duration::from_secs(86_400)),
+            expires_at: later(due, Duration::from_secs(86_400)),
         };
         self.store().put_entry(&last, Expect::Any, now).await?;
         Ok(Envelope {

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use ulid::Ulid;
 
 use cache::JournalCache;
-pub use config::{Backoff, Clock, EngineConfig, Limits};
+pub use config::{Backoff, Clock, EngineConfig, Limits, later};
 pub use ctx::{Ctx, StepCtx};
 use ctx::{PassEnd, PassResult, Pending, Target};
 pub use flow::SLOT_RECHECK;
@@ -33,13 +33,19 @@ use crate::function::{
 };
 use crate::model::{
     ErrorInfo, EventRecord, Message, MessageKind, RunDetail, RunQuery, RunRecord, RunStatus,
-    RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
+    RunTransition, StepKind, StepOutcome, StepRecord, StepStatus, json_depth,
 };
 use crate::queue::{Envelope, Queue};
 use crate::store::Store;
 
 /// Event names starting with these are the engine's own.
 pub const RESERVED_PREFIXES: [&str; 2] = ["baton/", "inngest/"];
+
+/// Extra nesting the engine's own events may have over [`Limits::max_json_depth`].
+const INTERNAL_DEPTH_HEADROOM: usize = 4;
+/// Extra bytes the engine's own events may have over [`Limits::max_event_bytes`]: the run's
+/// error (cut to 8 KiB) and the ids around the wrapped event.
+const INTERNAL_SIZE_HEADROOM: usize = 32 * 1024;
 
 /// An event as a sender submits it (before it has an id).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -188,13 +194,41 @@ impl Engine {
                 ));
             }
         }
+        // The engine's own events wrap a user's event or output a few levels deeper and a few
+        // KiB larger (`baton/function.failed` carries the run's event and its error): they
+        // get that headroom, so an event accepted at the limit can always fail its run.
+        let (depth_limit, size_limit) = if internal {
+            (
+                limits.max_json_depth + INTERNAL_DEPTH_HEADROOM,
+                limits.max_event_bytes + INTERNAL_SIZE_HEADROOM,
+            )
+        } else {
+            (limits.max_json_depth, limits.max_event_bytes)
+        };
+        for (field, value) in [("data", Some(&event.data)), ("user", event.user.as_ref())] {
+            let depth = value.map_or(0, json_depth);
+            if depth > depth_limit {
+                return Err(EngineError::Invalid(format!(
+                    "event {field} nests {depth} levels deep, over the limit of {depth_limit}"
+                )));
+            }
+        }
+        if let Some(id) = &event.id {
+            if id.is_empty() || id.len() > limits.max_event_id_len {
+                return Err(EngineError::Invalid(format!(
+                    "event id must be 1-{} bytes, got {}",
+                    limits.max_event_id_len,
+                    id.len()
+                )));
+            }
+        }
         let size = serde_json::to_vec(event)
             .map(|v| v.len())
             .unwrap_or(usize::MAX);
-        if size > limits.max_event_bytes {
+        if size > size_limit {
             return Err(EngineError::TooLarge(format!(
-                "event {:?} is {size} bytes, over the limit of {} bytes",
-                event.name, limits.max_event_bytes
+                "event {:?} is {size} bytes, over the limit of {size_limit} bytes",
+                event.name
             )));
         }
         Ok(())
@@ -302,10 +336,9 @@ impl Engine {
         let fresh_id = self.new_id(now);
         let existing = match &event.id {
             Some(key) => {
-                let window = chrono::Duration::from_std(self.limits().idempotency_window)
-                    .unwrap_or_default();
+                let until = later(now, self.limits().idempotency_window);
                 store
-                    .claim_idempotency_id(key, &fresh_id, now, now + window)
+                    .claim_idempotency_id(key, &fresh_id, now, until)
                     .await?
             }
             None => None,
@@ -412,11 +445,10 @@ impl Engine {
         };
         let key = format!("baton:run-key:{}:{value}", function.id);
         let now = self.now();
-        let window =
-            chrono::Duration::from_std(self.limits().idempotency_window).unwrap_or_default();
+        let until = later(now, self.limits().idempotency_window);
         let holder = self
             .store()
-            .claim_idempotency_id(&key, &event.id, now, now + window)
+            .claim_idempotency_id(&key, &event.id, now, until)
             .await?;
         Ok(holder.is_none_or(|h| h == event.id))
     }
@@ -431,18 +463,14 @@ impl Engine {
     ) -> Vec<Envelope> {
         let mut start = start_message(run);
         if !delay.is_zero() {
-            start.not_before = Some(
-                run.started_at
-                    + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX),
-            );
+            start.not_before = Some(later(run.started_at, delay));
         }
         let mut out = vec![Envelope {
             message: start,
             delay,
         }];
         if let Some(timeout) = function.finish_timeout {
-            let due = run.started_at
-                + chrono::Duration::from_std(timeout).unwrap_or(chrono::TimeDelta::MAX);
+            let due = later(run.started_at, timeout);
             out.push(Envelope {
                 message: Message {
                     run_id: run.run_id.clone(),
@@ -615,9 +643,7 @@ impl Engine {
             return Ok(None);
         }
         let max_age = self.limits().max_run_age;
-        if now - run.started_at
-            > chrono::Duration::from_std(max_age).unwrap_or(chrono::TimeDelta::MAX)
-        {
+        if now > later(run.started_at, max_age) {
             let error = ErrorInfo::new(
                 "RunTooOld",
                 format!(
@@ -841,11 +867,8 @@ impl Engine {
         }
         match pass.end {
             PassEnd::Finished(Ok(output)) => {
-                if let Err(e) = self.check_output_size(&output) {
-                    return self
-                        .fail_run(run, e.named("OutputTooLarge").info())
-                        .await
-                        .map(|()| None);
+                if let Err(e) = self.check_output(&output) {
+                    return self.fail_run(run, e.info()).await.map(|()| None);
                 }
                 self.tell_invoker(run, RunStatus::Completed, Some(&output), None)
                     .await?;
@@ -1048,8 +1071,7 @@ impl Engine {
 
     /// A run waiting for a concurrency slot looks again after [`SLOT_RECHECK`].
     async fn send_recheck(&self, run: &RunRecord) -> Result<(), EngineError> {
-        let due =
-            self.now() + chrono::Duration::from_std(SLOT_RECHECK).unwrap_or(chrono::TimeDelta::MAX);
+        let due = later(self.now(), SLOT_RECHECK);
         let message = Message {
             not_before: Some(due),
             ..start_message(run)
@@ -1077,15 +1099,27 @@ impl Engine {
         self.send(vec![Envelope { message, delay }]).await
     }
 
-    pub(crate) fn check_output_size(&self, value: &Value) -> Result<(), StepError> {
+    /// A step's or run's output within the limits: `OutputTooLarge` or `OutputTooDeep`,
+    /// non-retriable (the same code would give the same output).
+    pub(crate) fn check_output(&self, value: &Value) -> Result<(), StepError> {
+        let limits = self.limits();
         let size = serde_json::to_vec(value)
             .map(|v| v.len())
             .unwrap_or(usize::MAX);
-        let limit = self.limits().max_output_bytes;
-        if size > limit {
+        if size > limits.max_output_bytes {
             return Err(StepError::non_retriable(format!(
-                "output is {size} bytes, over the limit of {limit} bytes: store large data elsewhere and return a reference"
-            )));
+                "output is {size} bytes, over the limit of {} bytes: store large data elsewhere and return a reference",
+                limits.max_output_bytes
+            ))
+            .named("OutputTooLarge"));
+        }
+        let depth = json_depth(value);
+        if depth > limits.max_json_depth {
+            return Err(StepError::non_retriable(format!(
+                "output nests {depth} levels deep, over the limit of {}",
+                limits.max_json_depth
+            ))
+            .named("OutputTooDeep"));
         }
         Ok(())
     }
@@ -1100,7 +1134,10 @@ impl Engine {
             .config
             .backoff
             .delay(failed_attempt, rand::random::<f64>());
-        retry_after.map_or(backoff, |after| after.max(backoff))
+        // A service's hint is honoured up to a limit: it is outside input.
+        retry_after.map_or(backoff, |after| {
+            after.min(self.limits().max_retry_after).max(backoff)
+        })
     }
 
     // ---- runs ----
@@ -1369,9 +1406,7 @@ fn executor_is_gone(function: &Function, step: &StepRecord, now: DateTime<Utc>) 
         .steps
         .get(&step.name)
         .map_or(Duration::ZERO, |c| c.timeout);
-    let limit =
-        chrono::Duration::from_std(timeout + EXECUTOR_GRACE).unwrap_or(chrono::TimeDelta::MAX);
-    now - started > limit
+    now > later(started, timeout.saturating_add(EXECUTOR_GRACE))
 }
 
 fn start_message(run: &RunRecord) -> Message {

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use ulid::Ulid;
 
 use super::Engine;
+use super::config::later;
 use crate::error::EngineError;
 use crate::function::lookup;
 use crate::model::{
@@ -75,8 +76,7 @@ impl Engine {
         let store = self.store();
         let json = event.to_json();
         let now = self.now();
-        let max_age =
-            chrono::Duration::from_std(self.limits().max_run_age).unwrap_or(chrono::TimeDelta::MAX);
+        let max_age = self.limits().max_run_age;
         let mut wakes = Vec::new();
         for field in fields {
             let Some(value) = lookup(&json, &field).filter(|v| !v.is_null()) else {
@@ -88,9 +88,7 @@ impl Engine {
                 id: format!("e:{}", event.id),
                 value: Value::Null,
                 version: 1,
-                expires_at: now
-                    .checked_add_signed(max_age)
-                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+                expires_at: later(now, max_age),
             };
             store.put_entry(&index, Expect::Any, now).await?;
             for entry in store.list_entries(&key, "w:", now, MAX_PER_KEY).await? {
