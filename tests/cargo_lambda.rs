@@ -455,6 +455,12 @@ async fn a_built_handler_under_cargo_lambda_starts_and_continues_a_run() {
     assert_eq!(runs.len(), 1, "one run for event {event_id}: {runs:?}");
     let run = &runs[0];
     assert_eq!(run.function_id, "process-order");
+    let run = aws
+        .store
+        .get_run(&run.run_id)
+        .await
+        .unwrap()
+        .expect("the run");
     assert_eq!(run.event.data["order_id"], order_id);
     let continue_q = QueueName::Continue {
         function_id: "process-order".into(),

@@ -235,7 +235,7 @@ async fn a_replay_brings_back_a_failed_parse() {
     local.only_run_of(&format!("{FUNCTION_ID}-failure")).await;
     assert_eq!(statuses(state, "t-6"), ["parsing", "failed"]);
 
-    let replay_id = local.engine().replay(&failed.run_id).await.unwrap();
+    let replay_id = local.engine().replay(&failed.run_id, None).await.unwrap();
     assert_ne!(replay_id, failed.run_id);
     let replayed = local.wait(&replay_id).await;
     assert_eq!(replayed.status, RunStatus::Completed, "{replayed:?}");

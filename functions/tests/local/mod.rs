@@ -15,7 +15,7 @@ use app::fakes::Fakes;
 use app::services::Services;
 use baton::engine::run_id_for;
 use baton::local::{LocalOptions, LocalRuntime};
-use baton::model::{Message, RunQuery, RunRecord, StepRecord};
+use baton::model::{Message, RunQuery, RunRecord, RunSummary, StepRecord};
 use baton::queue::local::{LocalQueue, LocalReceiver};
 use baton::store::memory::MemoryStore;
 use baton::{Engine, EngineConfig, NewEvent, Store};
@@ -109,7 +109,7 @@ pub async fn send(engine: &Engine, name: &str, data: Value) -> String {
 }
 
 /// Every run of `function_id`, newest first.
-pub async fn runs_of(engine: &Engine, function_id: &str) -> Vec<RunRecord> {
+pub async fn runs_of(engine: &Engine, function_id: &str) -> Vec<RunSummary> {
     let query = RunQuery {
         function_id: Some(function_id.to_owned()),
         limit: 100,

@@ -102,8 +102,8 @@ use serde::{Deserialize, Serialize};
 
 use baton::error::StoreError;
 use baton::model::{
-    Entry, ErrorInfo, EventRecord, Expect, Progress, RunPage, RunQuery, RunRecord, RunStatus,
-    RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
+    Entry, ErrorInfo, EventRecord, Expect, ListedRun, Progress, RunPage, RunQuery, RunRecord,
+    RunStatus, RunSummary, RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
 };
 use baton::store::page_size;
 use baton::store::{Store, StoreResult};
@@ -602,9 +602,23 @@ impl DynamoStore {
         })
     }
 
-    /// Runs by id, read strongly consistent; ids with no run are left out.
-    async fn get_runs(&self, run_ids: &[String]) -> StoreResult<HashMap<String, RunRecord>> {
+    /// Run items by id, read strongly consistent with `projection`; ids with no run are left
+    /// out.
+    async fn batch_get_runs(
+        &self,
+        run_ids: &[String],
+        projection: &[&str],
+    ) -> StoreResult<Vec<Item>> {
         let mut items = Vec::new();
+        let names: HashMap<String, String> = projection
+            .iter()
+            .enumerate()
+            .map(|(i, attr)| (format!("#p{i}"), (*attr).to_owned()))
+            .collect();
+        let projection_expression = (0..projection.len())
+            .map(|i| format!("#p{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         for ids in run_ids.chunks(BATCH_GET_MAX) {
             let mut keys: Vec<Item> = ids.iter().map(|id| key(&run_pk(id), RUN_SK)).collect();
             let mut tries = 0u32;
@@ -612,6 +626,8 @@ impl DynamoStore {
                 let request = KeysAndAttributes::builder()
                     .set_keys(Some(keys))
                     .consistent_read(true)
+                    .projection_expression(&projection_expression)
+                    .set_expression_attribute_names(Some(names.clone()))
                     .build()
                     .map_err(build_error)?;
                 let mut out = self
@@ -643,15 +659,73 @@ impl DynamoStore {
                 }
             }
         }
+        Ok(items)
+    }
+
+    /// Listed runs by id: summaries read with a projection (never the event copy). An item
+    /// that cannot be read is reported by its run id.
+    async fn summaries(
+        &self,
+        run_ids: &[String],
+        with_output: bool,
+    ) -> StoreResult<HashMap<String, ListedRun>> {
+        let mut projection = SUMMARY_ATTRIBUTES.to_vec();
+        if with_output {
+            projection.push("output");
+        }
+        let items = self.batch_get_runs(run_ids, &projection).await?;
         stream::iter(items)
             .map(|item| async move {
-                let item: RunItem = from_item("run", item)?;
-                self.run_record(item).await
+                let run_id = match item.get("run_id") {
+                    Some(AttributeValue::S(id)) => id.clone(),
+                    _ => return Err(corrupt("run", "an item without run_id")),
+                };
+                let listed = match self.summary(item).await {
+                    Ok(run) => Ok(run),
+                    Err(e) if e.is_corrupt() => {
+                        tracing::warn!(run_id, %e, "unreadable run item skipped");
+                        Err(run_id.clone())
+                    }
+                    Err(e) => return Err(e),
+                };
+                Ok((run_id, listed))
             })
             .buffer_unordered(FAN_OUT)
-            .map_ok(|run| (run.run_id.clone(), run))
             .try_collect()
             .await
+    }
+
+    async fn summary(&self, item: Item) -> StoreResult<RunSummary> {
+        let item: SummaryItem = from_item("run", item)?;
+        let pk = &item.pk;
+        let what = |field: &str| format!("run {} {field}", item.run_id);
+        let event_name = match item.event_name.clone() {
+            Some(name) => name,
+            // An item written before `event_name` existed.
+            None => {
+                let run = self.get_run(&item.run_id).await?;
+                run.map(|r| r.event.name).unwrap_or_default()
+            }
+        };
+        Ok(RunSummary {
+            event_name,
+            output: self
+                .load_opt(pk, &what("output"), item.output.as_ref())
+                .await?,
+            error: self
+                .load_opt(pk, &what("error"), item.error.as_ref())
+                .await?,
+            progress: self
+                .load_opt(pk, &what("progress"), item.progress.as_ref())
+                .await?,
+            run_id: item.run_id.clone(),
+            function_id: item.function_id.clone(),
+            event_id: item.event_id.clone(),
+            status: item.status,
+            started_at: item.started_at,
+            ended_at: item.ended_at,
+            replay_of: item.replay_of.clone(),
+        })
     }
 
     // ---- writes ----
@@ -913,6 +987,10 @@ struct RunItem {
     #[serde(default, with = "ts::option", skip_serializing_if = "Option::is_none")]
     ended_at: Option<DateTime<Utc>>,
     event: Payload,
+    /// The event's name, so a listing never reads the event copy (items written before it
+    /// existed lack it: a listing then reads their event once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     output: Option<Payload>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -924,6 +1002,46 @@ struct RunItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at_epoch: Option<i64>,
 }
+
+/// The attributes of a run item a listing reads ([`SUMMARY_ATTRIBUTES`]).
+#[derive(Debug, Deserialize)]
+struct SummaryItem {
+    #[serde(rename = "PK")]
+    pk: String,
+    run_id: String,
+    function_id: String,
+    event_id: String,
+    #[serde(default)]
+    event_name: Option<String>,
+    status: RunStatus,
+    #[serde(with = "ts")]
+    started_at: DateTime<Utc>,
+    #[serde(default, with = "ts::option")]
+    ended_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    output: Option<Payload>,
+    #[serde(default)]
+    error: Option<Payload>,
+    #[serde(default)]
+    progress: Option<Payload>,
+    #[serde(default)]
+    replay_of: Option<String>,
+}
+
+/// What `BatchGetItem` reads of a listed run (`output` only when asked): never the event.
+const SUMMARY_ATTRIBUTES: [&str; 11] = [
+    "PK",
+    "run_id",
+    "function_id",
+    "event_id",
+    "event_name",
+    "status",
+    "started_at",
+    "ended_at",
+    "error",
+    "progress",
+    "replay_of",
+];
 
 fn gsi1pk(function_id: &str) -> String {
     format!("FN#{function_id}")
@@ -1260,7 +1378,7 @@ impl Source {
     }
 }
 
-fn matches(run: &RunRecord, query: &RunQuery) -> bool {
+fn matches(run: &RunSummary, query: &RunQuery) -> bool {
     query.matches(run) && query.cursor.as_ref().is_none_or(|c| run.run_id < *c)
 }
 
@@ -1370,6 +1488,7 @@ impl Store for DynamoStore {
         let what = |field: &str| format!("run {} {field}", run.run_id);
         let item = to_item(&RunItem {
             event: self.payload(&what("event"), &run.event, &mut blobs)?,
+            event_name: Some(run.event.name.clone()),
             output: self.opt_payload(&what("output"), run.output.as_ref(), &mut blobs)?,
             error: self.opt_payload(&what("error"), run.error.as_ref(), &mut blobs)?,
             progress: self.opt_payload(&what("progress"), run.progress.as_ref(), &mut blobs)?,
@@ -1474,7 +1593,7 @@ impl Store for DynamoStore {
 
         // Merge the sources newest first; confirm each candidate against a consistent read
         // (an index may lag on AWS) until one run more than the page is found.
-        let mut runs: Vec<RunRecord> = Vec::new();
+        let mut runs: Vec<ListedRun> = Vec::new();
         let mut seen = HashSet::new();
         while runs.len() <= limit {
             let wanted = limit + 1 - runs.len();
@@ -1494,18 +1613,18 @@ impl Store for DynamoStore {
             if candidates.is_empty() {
                 break;
             }
-            let mut found = self.get_runs(&candidates).await?;
+            let mut found = self.summaries(&candidates, query.with_output).await?;
             runs.extend(
                 candidates
                     .iter()
                     .filter_map(|id| found.remove(id))
-                    .filter(|run| matches(run, query)),
+                    .filter(|run| run.as_ref().map_or(true, |run| matches(run, query))),
             );
         }
         Ok(RunPage::from_overfetch(runs, limit))
     }
 
-    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunRecord>> {
+    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunSummary>> {
         let mut run_ids = Vec::new();
         let mut start = None;
         loop {
@@ -1531,10 +1650,10 @@ impl Store for DynamoStore {
                 break;
             }
         }
-        let mut found = self.get_runs(&run_ids).await?;
-        let mut runs: Vec<RunRecord> = run_ids
+        let mut found = self.summaries(&run_ids, true).await?;
+        let mut runs: Vec<RunSummary> = run_ids
             .iter()
-            .filter_map(|id| found.remove(id))
+            .filter_map(|id| found.remove(id).and_then(Result::ok))
             .filter(|run| run.event_id == event_id)
             .collect();
         runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));

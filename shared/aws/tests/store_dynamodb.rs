@@ -17,8 +17,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use baton::Store;
 use baton::error::StoreError;
 use baton::model::{
-    ErrorInfo, EventRecord, Progress, RunQuery, RunRecord, RunStatus, RunTransition, StepKind,
-    StepOutcome, StepRecord, StepStatus,
+    ErrorInfo, EventRecord, MAX_ERROR_MESSAGE, MAX_ERROR_NAME, Progress, RunQuery, RunRecord,
+    RunStatus, RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
 };
 use baton_aws::dynamodb::{CHUNK_BYTES, DynamoStore, TTL_ATTRIBUTE};
 use baton_testkit::conformance;
@@ -294,16 +294,20 @@ async fn large_event_and_outputs_round_trip_in_chunks() {
         store.get_run(&r.run_id).await.unwrap(),
         Some(expected.clone())
     );
-    // Listings and the per-event lookup read whole runs too.
+    // Listings read summaries: blob outputs, errors and progress reassembled, never the event.
     let listed = store
         .list_runs(&RunQuery {
             function_id: Some("transcribe".into()),
+            with_output: true,
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(listed.runs, vec![expected.clone()]);
-    assert_eq!(store.runs_for_event(&ev.id).await.unwrap(), vec![expected]);
+    assert_eq!(listed.runs, vec![expected.summary(true)]);
+    assert_eq!(
+        store.runs_for_event(&ev.id).await.unwrap(),
+        vec![expected.summary(true)]
+    );
 
     assert!(store.plan_step(&step(&r.run_id, "embed", 0)).await.unwrap());
     assert!(
@@ -328,10 +332,12 @@ async fn large_event_and_outputs_round_trip_in_chunks() {
     assert_eq!(journal.len(), 1);
     assert_eq!(journal[0].output, Some(step_output));
 
-    // The layout: the run item holds references, the chunks hold the text.
+    // The layout: the run item holds references, the chunks hold the text. (An error's
+    // message is cut to 8 KiB by `ErrorInfo::new`, so it stays inline.)
     let pk = format!("RUN#{}", r.run_id);
     let run_item = raw_item(&store, &pk, "RUN").await.expect("run item");
-    for field in ["event", "output", "error", "progress"] {
+    assert!(run_item["error"].as_s().is_ok(), "an error is inline");
+    for field in ["event", "output", "progress"] {
         let reference = run_item[field].as_m().unwrap_or_else(|_| {
             panic!(
                 "run {field} is a chunk reference, got {:?}",
@@ -347,8 +353,8 @@ async fn large_event_and_outputs_round_trip_in_chunks() {
         .collect();
     assert_eq!(
         chunks.len(),
-        5,
-        "event, output, error, progress, step output: one chunk each"
+        4,
+        "event, output, progress, step output: one chunk each"
     );
     for item in &partition {
         assert!(
@@ -359,8 +365,8 @@ async fn large_event_and_outputs_round_trip_in_chunks() {
         );
     }
     assert!(
-        item_size(&run_item) < 4 * 1024,
-        "the run item itself stays small"
+        item_size(&run_item) < 4 * 1024 + MAX_ERROR_MESSAGE + MAX_ERROR_NAME,
+        "the run item itself stays small: keys, references and an error of at most 8 KiB"
     );
 }
 
@@ -679,4 +685,68 @@ async fn filtered_listings_page_through_sparse_matches() {
         .await;
         assert_eq!(seen, all, "limit {limit}");
     }
+}
+
+/// A run item no version can read is reported by listings and skipped; the other runs list.
+/// Listings never read the event copy (a run whose event blob is gone still lists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_run_items_are_reported_and_skipped() {
+    let store = fresh(|s| s.with_inline_limit(1024)).await;
+    let function = format!("f-{}", new_id());
+    let big = event(&new_id(), json!({"blob": "x".repeat(8 * 1024)}));
+    let runs: Vec<RunRecord> = (0..3)
+        .map(|_| run(&new_id(), &function, big.clone()))
+        .collect();
+    for r in &runs {
+        assert!(store.create_run(r).await.unwrap());
+    }
+    let set = |run_id: &str, attr: &str, value: AttributeValue| {
+        store
+            .client()
+            .update_item()
+            .table_name(store.table())
+            .key("PK", AttributeValue::S(format!("RUN#{run_id}")))
+            .key("SK", AttributeValue::S("RUN".into()))
+            .update_expression("SET #a = :v")
+            .expression_attribute_names("#a", attr)
+            .expression_attribute_values(":v", value)
+            .send()
+    };
+    // One run's error is not JSON; another's event points at chunks that do not exist.
+    set(
+        &runs[0].run_id,
+        "error",
+        AttributeValue::S("[[[not json".into()),
+    )
+    .await
+    .unwrap();
+    let missing_blob = AttributeValue::M(
+        [
+            ("blob".to_string(), AttributeValue::S(new_id())),
+            ("chunks".to_string(), AttributeValue::N("1".into())),
+            ("bytes".to_string(), AttributeValue::N("10".into())),
+        ]
+        .into(),
+    );
+    set(&runs[1].run_id, "event", missing_blob).await.unwrap();
+
+    let page = store
+        .list_runs(&RunQuery {
+            function_id: Some(function.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.unreadable, vec![runs[0].run_id.clone()]);
+    let listed: Vec<&str> = page.runs.iter().map(|r| r.run_id.as_str()).collect();
+    let mut expected = vec![runs[1].run_id.as_str(), runs[2].run_id.as_str()];
+    expected.sort_by(|a, b| b.cmp(a));
+    assert_eq!(listed, expected, "the run whose event is gone still lists");
+    assert!(
+        store
+            .get_run(&runs[1].run_id)
+            .await
+            .unwrap_err()
+            .is_corrupt()
+    );
 }

@@ -87,6 +87,10 @@ impl Client {
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method.clone(), &url);
+        if method == Method::POST {
+            // Replays honour it: a request that reached the server twice starts its runs once.
+            request = request.header("idempotency-key", ulid::Ulid::new().to_string());
+        }
         if let Some(key) = self
             .signing_key
             .as_ref()
@@ -666,11 +670,25 @@ pub async fn replay_many(
         body["started_before"] =
             Value::String(before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     }
-    let reply = client.call(Method::POST, "/v1/replays", Some(body)).await?;
-    let ids = reply["data"]["run_ids"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    // One page per request (the server's bulk limit), until no cursor comes back.
+    let mut ids = Vec::new();
+    loop {
+        let reply = client
+            .call(Method::POST, "/v1/replays", Some(body.clone()))
+            .await?;
+        let data = &reply["data"];
+        ids.extend(data["run_ids"].as_array().cloned().unwrap_or_default());
+        for unreadable in data["unreadable"].as_array().into_iter().flatten() {
+            eprintln!(
+                "skipped run {}: its stored row could not be read",
+                str_of(unreadable)
+            );
+        }
+        match data["cursor"].as_str() {
+            Some(cursor) => body["cursor"] = Value::String(cursor.to_owned()),
+            None => break,
+        }
+    }
     println!(
         "replayed {} {status} run{} of {function} started in the last {}{}",
         ids.len(),

@@ -142,6 +142,13 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// A stored row that could not be read (as opposed to a backend that is down).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::Corrupt(_))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("queue backend error: {0}")]

@@ -141,6 +141,47 @@ pub struct RunRecord {
     pub replay_of: Option<String>,
 }
 
+impl RunRecord {
+    /// The run as listings show it; the output only when `with_output`.
+    pub fn summary(&self, with_output: bool) -> RunSummary {
+        RunSummary {
+            run_id: self.run_id.clone(),
+            function_id: self.function_id.clone(),
+            event_id: self.event_id.clone(),
+            event_name: self.event.name.clone(),
+            status: self.status,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            output: if with_output {
+                self.output.clone()
+            } else {
+                None
+            },
+            error: self.error.clone(),
+            progress: self.progress.clone(),
+            replay_of: self.replay_of.clone(),
+        }
+    }
+}
+
+/// A run as listings read it: everything but its event's payload, and its output only when
+/// the query asks ([`RunQuery::with_output`]). Listing a thousand runs of 200 KB events reads
+/// a thousand small rows, never the events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub function_id: String,
+    pub event_id: String,
+    pub event_name: String,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub output: Option<Value>,
+    pub error: Option<ErrorInfo>,
+    pub progress: Option<Progress>,
+    pub replay_of: Option<String>,
+}
+
 /// What a journal entry stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StepKind {
@@ -344,11 +385,14 @@ pub struct RunQuery {
     pub limit: usize,
     /// Opaque: the `cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Read each run's output too (the API's listing shows it; the dashboard, stats and bulk
+    /// actions do not need it).
+    pub with_output: bool,
 }
 
 impl RunQuery {
     /// Whether a run passes the filters (not the cursor).
-    pub fn matches(&self, run: &RunRecord) -> bool {
+    pub fn matches(&self, run: &RunSummary) -> bool {
         self.function_id
             .as_ref()
             .is_none_or(|f| *f == run.function_id)
@@ -358,23 +402,42 @@ impl RunQuery {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunPage {
-    pub runs: Vec<RunRecord>,
+    pub runs: Vec<RunSummary>,
     pub cursor: Option<String>,
+    /// Ids of runs on this page whose stored rows could not be read: reported and skipped, so
+    /// one bad row never takes a listing down.
+    pub unreadable: Vec<String>,
 }
 
+/// One row of a listing as a backend read it: the run, or the id of a row it could not read.
+pub type ListedRun = Result<RunSummary, String>;
+
 impl RunPage {
-    /// A page from up to `limit + 1` runs read newest first: the extra run only tells that
-    /// more follow, and the cursor is then the last run id of the page.
-    pub fn from_overfetch(mut runs: Vec<RunRecord>, limit: usize) -> RunPage {
-        let cursor = if runs.len() > limit {
-            runs.truncate(limit);
-            runs.last().map(|r| r.run_id.clone())
+    /// A page from up to `limit + 1` rows read newest first: the extra row only tells that
+    /// more follow, and the cursor is then the last run id of the page (readable or not).
+    pub fn from_overfetch(mut rows: Vec<ListedRun>, limit: usize) -> RunPage {
+        let cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|r| match r {
+                Ok(run) => run.run_id.clone(),
+                Err(run_id) => run_id.clone(),
+            })
         } else {
             None
         };
-        RunPage { runs, cursor }
+        let mut page = RunPage {
+            cursor,
+            ..RunPage::default()
+        };
+        for row in rows {
+            match row {
+                Ok(run) => page.runs.push(run),
+                Err(run_id) => page.unreadable.push(run_id),
+            }
+        }
+        page
     }
 }
 

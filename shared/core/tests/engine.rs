@@ -515,8 +515,15 @@ async fn cron_triggers_fire_on_schedule_once_per_tick() {
         assert!(at > began && at.timestamp() % 300 == 0, "{at}");
     }
     // The same tick again (a second scheduler, a retried EventBridge call): no new run.
+    let first = rt
+        .engine()
+        .store()
+        .get_run(&runs[0].run_id)
+        .await
+        .unwrap()
+        .unwrap();
     let first_tick: chrono::DateTime<chrono::Utc> =
-        serde_json::from_value(runs[0].event.data["scheduled_at"].clone()).unwrap();
+        serde_json::from_value(first.event.data["scheduled_at"].clone()).unwrap();
     rt.engine().fire_cron("tick", first_tick).await.unwrap();
     let again = rt.engine().store().list_runs(&query).await.unwrap().runs;
     assert_eq!(again.len(), ticks);

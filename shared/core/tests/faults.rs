@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton::engine::run_id_for;
-use baton::model::{RunQuery, RunRecord, StepOutcome, StepRecord};
+use baton::model::{RunQuery, RunRecord, RunSummary, StepOutcome, StepRecord};
 use baton::store::memory::MemoryStore;
 use baton::{
     Ctx, Engine, EngineConfig, Event, FailureData, Function, Invoke, NewEvent, Registry, RunStatus,
@@ -610,7 +610,16 @@ async fn all_runs(store: &dyn Store) -> Vec<RunRecord> {
     };
     loop {
         let page = store.list_runs(&query).await.unwrap();
-        runs.extend(page.runs);
+        assert!(page.unreadable.is_empty(), "{:?}", page.unreadable);
+        for listed in page.runs {
+            runs.push(
+                store
+                    .get_run(&listed.run_id)
+                    .await
+                    .unwrap()
+                    .expect("a listed run"),
+            );
+        }
         match page.cursor {
             Some(c) => query.cursor = Some(c),
             None => return runs,
@@ -1366,7 +1375,7 @@ impl Store for Overwriting {
     ) -> baton::store::StoreResult<baton::model::RunPage> {
         self.inner.list_runs(query).await
     }
-    async fn runs_for_event(&self, event_id: &str) -> baton::store::StoreResult<Vec<RunRecord>> {
+    async fn runs_for_event(&self, event_id: &str) -> baton::store::StoreResult<Vec<RunSummary>> {
         self.inner.runs_for_event(event_id).await
     }
     async fn journal(&self, run_id: &str) -> baton::store::StoreResult<Vec<StepRecord>> {

@@ -27,10 +27,11 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
+use baton::engine::RunSelection;
 use baton::engine::{Engine, NewEvent};
 use baton::error::{EngineError, StoreError};
 use baton::function::Function;
-use baton::model::{RunDetail, RunQuery, RunRecord, RunStatus, StepRecord};
+use baton::model::{RunDetail, RunQuery, RunStatus, RunSummary, StepRecord};
 
 use crate::routes::{Access, Part, ROUTES, Route};
 
@@ -40,6 +41,8 @@ pub const DEFAULT_LIST_LIMIT: usize = 50;
 pub const MAX_LIST_LIMIT: usize = 1000;
 /// The largest body of a `/v1` call (they are small JSON objects).
 const MAX_V1_BODY_BYTES: usize = 64 * 1024;
+/// The longest `Idempotency-Key` header a replay accepts.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 // ---- keys ----
 
@@ -296,9 +299,10 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(m) => ApiError::not_found(format!("{m} not found")),
             EngineError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             EngineError::Store(e) => e.into(),
-            EngineError::Queue(e) => ApiError::new(
+            e @ EngineError::Queue(_) => outage(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("queue unavailable, try again: {e}"),
+                "the queue is unavailable, try again",
+                &e,
             ),
         }
     }
@@ -311,12 +315,29 @@ impl From<StoreError> for ApiError {
             e @ StoreError::TooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
             }
-            e => ApiError::new(
+            e @ StoreError::Corrupt(_) => outage(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "a stored record could not be read",
+                &e,
+            ),
+            e @ StoreError::Backend(_) => outage(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("store unavailable, try again: {e}"),
+                "the store is unavailable, try again",
+                &e,
             ),
         }
     }
+}
+
+/// A failure of the server's own backends: logged in full under a reference, answered with
+/// the reference and nothing of the backend's message (table names, SQL, endpoints).
+fn outage(status: StatusCode, what: &str, e: &dyn std::fmt::Display) -> ApiError {
+    let reference = format!("{:016x}", rand::random::<u64>());
+    tracing::error!(reference, error = %e, "{what}");
+    ApiError::new(
+        status,
+        format!("{what} (reference {reference} in the server log)"),
+    )
 }
 
 /// The event API's error shape: `{"ids": [], "status": code, "error": message}`.
@@ -498,7 +519,7 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
 }
 
 /// A run as the list endpoints show it (no steps).
-fn run_json(run: &RunRecord) -> Map<String, Value> {
+fn run_json(run: &RunSummary) -> Map<String, Value> {
     let value = json!({
         "run_id": run.run_id,
         "function_id": run.function_id,
@@ -510,7 +531,7 @@ fn run_json(run: &RunRecord) -> Map<String, Value> {
         "error": to_value(&run.error),
         "progress": to_value(&run.progress),
         "replay_of": run.replay_of,
-        "event_name": run.event.name,
+        "event_name": run.event_name,
     });
     match value {
         Value::Object(map) => map,
@@ -536,7 +557,7 @@ fn step_json(step: &StepRecord) -> Value {
 
 /// A run with its steps and its event, as `GET /v1/runs/{id}` shows it.
 fn run_detail_json(detail: &RunDetail) -> Value {
-    let mut run = run_json(&detail.run);
+    let mut run = run_json(&detail.run.summary(true));
     run.insert("event".into(), detail.run.event.to_json());
     run.insert("steps".into(), detail.steps.iter().map(step_json).collect());
     Value::Object(run)
@@ -899,6 +920,7 @@ async fn list_runs(
     let Query(params) = params.map_err(query_error)?;
     let mut query = RunQuery {
         limit: DEFAULT_LIST_LIMIT,
+        with_output: true,
         ..RunQuery::default()
     };
     for (key, value) in params {
@@ -940,7 +962,12 @@ async fn list_runs(
         .iter()
         .map(|r| Value::Object(run_json(r)))
         .collect();
-    Ok(axum::Json(json!({ "data": data, "cursor": page.cursor })).into_response())
+    Ok(axum::Json(json!({
+        "data": data,
+        "cursor": page.cursor,
+        "unreadable": page.unreadable,
+    }))
+    .into_response())
 }
 
 /// `GET /v1/events/{event_id}/runs`: every run the event started (replays included), oldest
@@ -973,10 +1000,12 @@ async fn cancel_run(
 /// `POST /v1/runs/{run_id}/replay`: 201 with the new run's id.
 async fn replay_run(
     State(state): State<AppState>,
+    headers: HeaderMap,
     run_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(run_id) = run_id.map_err(path_error)?;
-    let new_run = state.engine.replay(&run_id).await?;
+    let key = idempotency_key(&headers)?;
+    let new_run = state.engine.replay(&run_id, key.as_deref()).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"data": {"run_id": new_run}})),
@@ -984,7 +1013,9 @@ async fn replay_run(
         .into_response())
 }
 
-/// `POST /v1/cancellations` `{"function_id", "started_after"?, "started_before"?}`
+/// `POST /v1/cancellations` `{"function_id", "started_after"?, "started_before"?, "limit"?,
+/// "cursor"?}`: cancels one page of live runs (at most `limit`, default and most
+/// [`baton::Limits::max_bulk_runs`]); `cursor` in the answer says more may remain.
 async fn bulk_cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -993,33 +1024,49 @@ async fn bulk_cancel(
     let map = json_object(
         &headers,
         body,
-        &["function_id", "started_after", "started_before"],
+        &[
+            "function_id",
+            "started_after",
+            "started_before",
+            "limit",
+            "cursor",
+        ],
     )
     .await?;
-    let function_id = function_id(&state.engine, &map)?;
-    let after = optional_time(&map, "started_after")?;
-    let before = optional_time(&map, "started_before")?;
-    check_window(after, before)?;
-    let cancelled = state
-        .engine
-        .cancel_many(&function_id, after, before)
-        .await?;
-    Ok(axum::Json(json!({"data": {"cancelled": cancelled}})).into_response())
+    let selection = selection(&state.engine, &map)?;
+    let outcome = state.engine.cancel_many(&selection).await?;
+    Ok(axum::Json(json!({"data": {
+        "cancelled": outcome.run_ids.len(),
+        "run_ids": outcome.run_ids,
+        "cursor": outcome.cursor,
+        "unreadable": outcome.unreadable,
+    }}))
+    .into_response())
 }
 
-/// `POST /v1/replays` `{"function_id", "status": "Failed"|"Cancelled", "started_after"?, "started_before"?}`
+/// `POST /v1/replays` `{"function_id", "status": "Failed"|"Cancelled", "started_after"?,
+/// "started_before"?, "limit"?, "cursor"?}`: replays one page of runs. With an
+/// `Idempotency-Key` header, the same request again starts nothing new.
 async fn bulk_replay(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
     let map = json_object(
         &headers,
         body,
-        &["function_id", "status", "started_after", "started_before"],
+        &[
+            "function_id",
+            "status",
+            "started_after",
+            "started_before",
+            "limit",
+            "cursor",
+        ],
     )
     .await?;
-    let function_id = function_id(&state.engine, &map)?;
+    let selection = selection(&state.engine, &map)?;
     let status = match map.get("status") {
         Some(Value::String(s)) if s == "Failed" => RunStatus::Failed,
         Some(Value::String(s)) if s == "Cancelled" => RunStatus::Cancelled,
@@ -1034,14 +1081,72 @@ async fn bulk_replay(
             )));
         }
     };
-    let after = optional_time(&map, "started_after")?;
-    let before = optional_time(&map, "started_before")?;
-    check_window(after, before)?;
-    let run_ids = state
+    let outcome = state
         .engine
-        .replay_many(&function_id, status, after, before)
+        .replay_many(&selection, status, key.as_deref())
         .await?;
-    Ok(axum::Json(json!({"data": {"run_ids": run_ids}})).into_response())
+    Ok(axum::Json(json!({"data": {
+        "run_ids": outcome.run_ids,
+        "cursor": outcome.cursor,
+        "unreadable": outcome.unreadable,
+    }}))
+    .into_response())
+}
+
+/// The runs a bulk request names: a registered function, a time window, a page size and
+/// where the previous page stopped.
+fn selection(engine: &Engine, map: &Map<String, Value>) -> Result<RunSelection, ApiError> {
+    let function_id = function_id(engine, map)?;
+    let started_after = optional_time(map, "started_after")?;
+    let started_before = optional_time(map, "started_before")?;
+    check_window(started_after, started_before)?;
+    let max = engine.limits().max_bulk_runs;
+    let limit = match map.get("limit") {
+        None | Some(Value::Null) => max,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(n) if (1..=max as u64).contains(&n) => n as usize,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be an integer from 1 to {max}, got {n}"
+                )));
+            }
+        },
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "limit must be an integer from 1 to {max}, got {other}"
+            )));
+        }
+    };
+    let cursor = match map.get("cursor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) => Some(c.clone()),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "cursor must be a string, got {other}"
+            )));
+        }
+    };
+    Ok(RunSelection {
+        function_id,
+        started_after,
+        started_before,
+        limit,
+        cursor,
+    })
+}
+
+/// The `Idempotency-Key` header of a replay: printable ASCII, 1 to [`MAX_IDEMPOTENCY_KEY`]
+/// bytes.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        ))),
+    }
 }
 
 // ---- other ----

@@ -61,8 +61,9 @@ use crate::api::{ApiError, AppState, BodyError, bearer, read_body};
 use crate::routes::{self, Part, ROUTES, Route};
 use crate::stats::{self, FunctionStats, MAX_STATS_RUNS, function_stats, parse_window};
 use baton::engine::NewEvent;
+use baton::engine::{BulkOutcome, RunSelection};
 use baton::function::Function;
-use baton::model::{RunQuery, RunRecord, RunStatus, StepKind, StepRecord, StepStatus};
+use baton::model::{RunQuery, RunRecord, RunStatus, RunSummary, StepKind, StepRecord, StepStatus};
 use html::{badge, duration, enc, esc, json_block, json_inline, opt_time, progress, query, time};
 
 /// `1 retry`, `4 retries`, `no retries`.
@@ -665,14 +666,14 @@ async fn logout(
 
 // ---- runs ----
 
-fn run_duration(run: &RunRecord, now: DateTime<Utc>) -> String {
+fn run_duration(run: &RunSummary, now: DateTime<Utc>) -> String {
     match run.ended_at {
         Some(end) => duration(end - run.started_at),
         None => format!("{} …", duration(now - run.started_at)),
     }
 }
 
-fn run_progress(run: &RunRecord) -> String {
+fn run_progress(run: &RunSummary) -> String {
     match &run.progress {
         Some(p) => progress(p.percent, &p.message),
         None if run.status == RunStatus::Completed => progress(100, ""),
@@ -680,8 +681,23 @@ fn run_progress(run: &RunRecord) -> String {
     }
 }
 
+/// Says which runs of a listing could not be read (their rows are skipped, the page stays up).
+fn unreadable_note(run_ids: &[String]) -> String {
+    if run_ids.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<p class=\"error\" role=\"alert\" data-unreadable=\"{n}\">{n} stored run{s} could not be read and {are} not listed: \
+         <span class=\"mono\">{ids}</span>. See the server log.</p>",
+        n = run_ids.len(),
+        s = if run_ids.len() == 1 { "" } else { "s" },
+        are = if run_ids.len() == 1 { "is" } else { "are" },
+        ids = esc(&run_ids.join(", "))
+    )
+}
+
 /// The runs table (no steps).
-fn runs_table(runs: &[RunRecord], now: DateTime<Utc>) -> String {
+fn runs_table(runs: &[RunSummary], now: DateTime<Utc>) -> String {
     if runs.is_empty() {
         return "<p class=\"empty\">No runs.</p>".to_string();
     }
@@ -707,7 +723,7 @@ fn runs_table(runs: &[RunRecord], now: DateTime<Utc>) -> String {
             status = run.status.as_str(),
             badge = badge(run.status.as_str()),
             event_enc = enc(&run.event_id),
-            event = esc(&run.event.name),
+            event = esc(&run.event_name),
             started = time(run.started_at),
             duration = run_duration(run, now),
             progress = run_progress(run),
@@ -803,7 +819,8 @@ async fn runs_page(
         _ => String::new(),
     };
     let live = format!(
-        "{unknown}{}<nav class=\"pager\">{pager}</nav>",
+        "{unknown}{}{}<nav class=\"pager\">{pager}</nav>",
+        unreadable_note(&runs.unreadable),
         runs_table(&runs.runs, now)
     );
     let before = format!(
@@ -1005,7 +1022,8 @@ async fn run_page(
     }
     let _ = write!(
         actions,
-        "<form method=\"post\" action=\"/runs/{id_enc}/replay\">{csrf}<button type=\"submit\">Replay</button></form>"
+        "<form method=\"post\" action=\"/runs/{id_enc}/replay\">{csrf}{key}<button type=\"submit\">Replay</button></form>",
+        key = key_field()
     );
     let outcome = match (&run.error, &run.output) {
         (Some(error), _) => format!(
@@ -1048,8 +1066,8 @@ async fn run_page(
         event_id = esc(&run.event_id),
         started = time(run.started_at),
         ended = opt_time(run.ended_at),
-        duration = run_duration(run, now),
-        progress = run_progress(run),
+        duration = run_duration(&run.summary(false), now),
+        progress = run_progress(&run.summary(false)),
         timeline = timeline(run, &detail.steps, now),
         event = json_block(&run.event.to_json(), &format!("/v1/runs/{id_enc}")),
     );
@@ -1093,7 +1111,8 @@ async fn replay_action(
     let Path(run_id) = run_id.map_err(|e| PageError::bad_request(e.body_text()))?;
     let form = Form::read(&headers, body, FORM_OVERHEAD).await?;
     check_post(&headers, &access, &form)?;
-    let new_run = state.engine.replay(&run_id).await?;
+    let key = form_key(&form)?;
+    let new_run = state.engine.replay(&run_id, key.as_deref()).await?;
     Ok(redirect(&format!(
         "/runs/{}?notice=replayed",
         enc(&new_run)
@@ -1425,7 +1444,8 @@ async fn function_page(
         })
         .await?;
     let live = format!(
-        "{}<p><a href=\"/runs{}\">All runs of {} »</a></p>",
+        "{}{}<p><a href=\"/runs{}\">All runs of {} »</a></p>",
+        unreadable_note(&runs.unreadable),
         runs_table(&runs.runs, now),
         query(&[("function_id", &f.id)]),
         esc(&f.id)
@@ -1626,6 +1646,74 @@ async fn send_action(
 
 // ---- bulk replay ----
 
+/// A hidden idempotency key for a replay form: submitting the same form twice (a double
+/// click, a browser retry) starts its runs once.
+fn key_field() -> String {
+    format!(
+        "<input type=\"hidden\" name=\"key\" value=\"{:032x}\">",
+        rand::random::<u128>()
+    )
+}
+
+/// The form's idempotency key, if it sent one.
+fn form_key(form: &Form) -> Result<Option<String>, PageError> {
+    match form.get("key") {
+        "" => Ok(None),
+        key if key.len() <= 256 => Ok(Some(key.to_string())),
+        _ => Err(PageError::bad_request("The form's key is too long.")),
+    }
+}
+
+/// When a bulk replay stopped at its limit: a form replaying the next page of the same window.
+fn next_replay_form(
+    access: &Access,
+    function_id: &str,
+    status: RunStatus,
+    after: DateTime<Utc>,
+    before: Option<DateTime<Utc>>,
+    outcome: &BulkOutcome,
+) -> String {
+    let mut html = String::new();
+    if !outcome.unreadable.is_empty() {
+        let _ = write!(
+            html,
+            "<p class=\"error\" role=\"alert\">{} run{} could not be read and {} skipped: {}</p>",
+            outcome.unreadable.len(),
+            if outcome.unreadable.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            if outcome.unreadable.len() == 1 {
+                "was"
+            } else {
+                "were"
+            },
+            esc(&outcome.unreadable.join(", "))
+        );
+    }
+    if let Some(cursor) = &outcome.cursor {
+        let _ = write!(
+            html,
+            "<form method=\"post\" action=\"/replays\" id=\"replay-next\">{csrf}{key}\
+             <input type=\"hidden\" name=\"function_id\" value=\"{f}\">\
+             <input type=\"hidden\" name=\"status\" value=\"{status}\">\
+             <input type=\"hidden\" name=\"after\" value=\"{after}\">\
+             <input type=\"hidden\" name=\"before\" value=\"{before}\">\
+             <input type=\"hidden\" name=\"cursor\" value=\"{cursor}\">\
+             <p class=\"note\">More runs may match.</p><button type=\"submit\">Replay the next runs</button></form>",
+            csrf = csrf_field(access),
+            key = key_field(),
+            f = esc(function_id),
+            status = status.as_str(),
+            after = esc(&after.to_rfc3339()),
+            before = esc(&before.map(|b| b.to_rfc3339()).unwrap_or_default()),
+            cursor = esc(cursor),
+        );
+    }
+    html
+}
+
 fn replays_form(state: &AppState, access: &Access, params: &Params, error: Option<&str>) -> String {
     let status = params
         .get("status")
@@ -1643,8 +1731,9 @@ fn replays_form(state: &AppState, access: &Access, params: &Params, error: Optio
          <label>Status <select name=\"status\">{statuses}</select></label>\
          <label>Started within the last <input name=\"since\" value=\"{since}\" required placeholder=\"1h, 30m, 7d\"></label>\
          <label>and at least this long ago <span class=\"note\">(optional)</span> <input name=\"until\" value=\"{until}\" placeholder=\"e.g. 10m\"></label>\
-         <button type=\"submit\">Replay runs</button></form>",
+         {key}<button type=\"submit\">Replay runs</button></form>",
         csrf = csrf_field(access),
+        key = key_field(),
         functions = function_options(state, params.get("function_id"), None),
         statuses = status_options(
             &[RunStatus::Failed, RunStatus::Cancelled],
@@ -1700,37 +1789,62 @@ async fn replays_action(
         }
     };
     let now = state.engine.now();
-    let Some(since) = parse_window(form.get("since")) else {
-        return Ok(refuse(
-            "\"Started within the last\" must be a duration such as 1h, 30m or 7d.",
-        ));
+    let key = form_key(&form)?;
+    // A continuation ("Replay the next ...") carries the window as times and a cursor.
+    let continued = (
+        DateTime::parse_from_rfc3339(form.get("after")).map(|t| t.with_timezone(&Utc)),
+        form.get("before"),
+        form.get("cursor"),
+    );
+    let (after, before, cursor) = if let (Ok(after), before, cursor) = continued {
+        let before = DateTime::parse_from_rfc3339(before)
+            .ok()
+            .map(|t| t.with_timezone(&Utc));
+        (
+            after,
+            before,
+            Some(cursor.to_string()).filter(|c| !c.is_empty()),
+        )
+    } else {
+        let Some(since) = parse_window(form.get("since")) else {
+            return Ok(refuse(
+                "\"Started within the last\" must be a duration such as 1h, 30m or 7d.",
+            ));
+        };
+        let until = match form.get("until").trim() {
+            "" => None,
+            text => match parse_window(text) {
+                Some(d) => Some(d),
+                None => {
+                    return Ok(refuse(
+                        "\"At least this long ago\" must be a duration such as 10m, or empty.",
+                    ));
+                }
+            },
+        };
+        (now - since, until.map(|d| now - d), None)
     };
-    let until = match form.get("until").trim() {
-        "" => None,
-        text => match parse_window(text) {
-            Some(d) => Some(d),
-            None => {
-                return Ok(refuse(
-                    "\"At least this long ago\" must be a duration such as 10m, or empty.",
-                ));
-            }
-        },
-    };
-    let after = now - since;
-    let before = until.map(|d| now - d);
     if before.is_some_and(|b| b <= after) {
         return Ok(refuse(
             "The window is empty: \"at least this long ago\" must be shorter than \"within the last\".",
         ));
     }
-    let new_runs = state
+    let selection = RunSelection {
+        function_id: function_id.to_string(),
+        started_after: Some(after),
+        started_before: before,
+        limit: 0,
+        cursor,
+    };
+    let outcome = state
         .engine
-        .replay_many(function_id, status, Some(after), before)
+        .replay_many(&selection, status, key.as_deref())
         .await?;
+    let new_runs = &outcome.run_ids;
     let mut shown = Vec::new();
     for id in new_runs.iter().take(REPLAYS_LISTED) {
         if let Some(run) = state.engine.store().get_run(id).await? {
-            shown.push(run);
+            shown.push(run.summary(false));
         }
     }
     let mut listed = if shown.is_empty() {
@@ -1749,8 +1863,9 @@ async fn replays_action(
         "<div class=\"title\"><h1>Bulk replay</h1></div>\
          <p class=\"notice\" role=\"status\" id=\"replayed\" data-count=\"{n}\">Replayed {n} {status} run{plural} of \
          <a href=\"/functions/{f_enc}\">{f}</a> started between {after} and {before}.</p>\
-         {listed}\
+         {listed}{more}\
          <p><a href=\"/runs{runs_q}\">Runs of {f} »</a> · <a href=\"/replays{again_q}\">Another bulk replay</a></p>",
+        more = next_replay_form(&access, function_id, status, after, before, &outcome),
         n = new_runs.len(),
         status = status.as_str(),
         plural = if new_runs.len() == 1 { "" } else { "s" },

@@ -41,6 +41,8 @@ pub struct FunctionStats {
     pub completed: usize,
     pub failed: usize,
     pub cancelled: usize,
+    /// Stored runs that could not be read (skipped, not counted above).
+    pub unreadable: usize,
     /// Completed runs among those that ended (`None` when none ended).
     pub success_rate: Option<f64>,
     /// Median and 95th percentile of run duration (start to end) of the runs that ended.
@@ -67,6 +69,7 @@ impl FunctionStats {
             "completed": self.completed,
             "failed": self.failed,
             "cancelled": self.cancelled,
+            "unreadable": self.unreadable,
             "success_rate": self.success_rate,
             "p50_ms": self.p50_ms,
             "p95_ms": self.p95_ms,
@@ -135,6 +138,7 @@ pub async fn function_stats(
         completed: 0,
         failed: 0,
         cancelled: 0,
+        unreadable: 0,
         success_rate: None,
         p50_ms: None,
         p95_ms: None,
@@ -142,6 +146,7 @@ pub async fn function_stats(
     let mut durations: Vec<u64> = Vec::new();
     'pages: loop {
         let page = store.list_runs(&query).await?;
+        stats.unreadable += page.unreadable.len();
         for run in &page.runs {
             if stats.runs == max_runs {
                 stats.truncated = true;

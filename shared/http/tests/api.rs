@@ -181,6 +181,19 @@ impl Api {
         self.call(Method::GET, uri, None, None).await
     }
 
+    /// A JSON POST with an `Idempotency-Key`.
+    async fn post_keyed(&self, uri: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap();
+        let reply = self.raw(request).await;
+        (reply.status, reply.json())
+    }
+
     async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
         self.call(
             Method::POST,
@@ -956,13 +969,19 @@ async fn bulk_cancellations() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
-    assert_eq!(reply, json!({"data": {"cancelled": 0}}));
+    assert_eq!(
+        reply,
+        json!({"data": {"cancelled": 0, "run_ids": [], "cursor": null, "unreadable": []}})
+    );
 
     let (status, reply) = api
         .post("/v1/cancellations", json!({"function_id": "napper", "started_after": "2001-01-01T00:00:00Z", "started_before": null}))
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
-    assert_eq!(reply, json!({"data": {"cancelled": 3}}));
+    assert_eq!(reply["data"]["cancelled"], 3, "{reply}");
+    let cancelled: HashSet<String> =
+        serde_json::from_value(reply["data"]["run_ids"].clone()).unwrap();
+    assert_eq!(cancelled, nap_runs.iter().cloned().collect::<HashSet<_>>());
     for run_id in &nap_runs {
         let (_, reply) = api.get(&format!("/v1/runs/{run_id}")).await;
         assert_eq!(reply["data"]["status"], "Cancelled");
@@ -974,7 +993,7 @@ async fn bulk_cancellations() {
         .post("/v1/cancellations", json!({"function_id": "napper"}))
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(reply, json!({"data": {"cancelled": 0}}));
+    assert_eq!(reply["data"]["cancelled"], 0);
 
     let bad = [
         (
@@ -1084,7 +1103,10 @@ async fn bulk_replays() {
         .post("/v1/replays", json!({"function_id": "greet", "status": "Failed", "started_after": "2001-01-01T00:00:00Z"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
-    assert_eq!(reply, json!({"data": {"run_ids": []}}));
+    assert_eq!(
+        reply,
+        json!({"data": {"run_ids": [], "cursor": null, "unreadable": []}})
+    );
 
     let bad = [
         (
@@ -1333,4 +1355,99 @@ async fn bad_webhooks_are_refused_and_store_nothing() {
     // None of it started anything.
     let (_, runs) = api.get("/v1/runs?function_id=on-clip").await;
     assert_eq!(runs["data"], json!([]), "{runs}");
+}
+
+/// Bulk replay acts on one page (at most `limit`, at most the engine's bulk limit) and hands
+/// back a cursor; a request retried with its `Idempotency-Key` starts nothing new, for bulk
+/// and single replays alike.
+#[tokio::test]
+async fn bulk_replays_are_bounded_and_idempotent() {
+    let api = start_with(
+        Keys::open(),
+        with_limits(Limits {
+            max_bulk_runs: 3,
+            ..Limits::default()
+        }),
+    )
+    .await;
+    let events = api
+        .send(json!([{"name": "test/fail"}, {"name": "test/fail"}, {"name": "test/fail"}, {"name": "test/fail"}, {"name": "test/fail"}]))
+        .await;
+    let mut failed = HashSet::new();
+    for event in &events {
+        let run_id = api.run_of(event).await;
+        assert_eq!(api.finish(&run_id).await["status"], "Failed");
+        failed.insert(run_id);
+    }
+    let count_runs = || async {
+        let (_, reply) = api.get("/v1/runs?function_id=failer&limit=1000").await;
+        reply["data"].as_array().unwrap().len()
+    };
+
+    // Over the limit: refused. Within it: pages of 2.
+    let (status, reply) = api
+        .post(
+            "/v1/replays",
+            json!({"function_id": "failer", "status": "Failed", "limit": 4}),
+        )
+        .await;
+    assert_error(
+        status,
+        &reply,
+        StatusCode::BAD_REQUEST,
+        "limit must be an integer from 1 to 3",
+    );
+    let body = json!({"function_id": "failer", "status": "Failed", "limit": 2});
+    let (status, first) = api.post_keyed("/v1/replays", "page-1", body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["data"]["run_ids"].as_array().unwrap().len(), 2);
+    let cursor = first["data"]["cursor"]
+        .as_str()
+        .expect("more runs remain")
+        .to_string();
+    assert_eq!(count_runs().await, 7);
+
+    // The same request again (a client retrying after a timeout): the same runs, none new.
+    let (_, again) = api.post_keyed("/v1/replays", "page-1", body.clone()).await;
+    assert_eq!(again["data"]["run_ids"], first["data"]["run_ids"]);
+    assert_eq!(count_runs().await, 7);
+
+    let mut body2 = body.clone();
+    body2["cursor"] = json!(cursor);
+    let (_, second) = api.post_keyed("/v1/replays", "page-2", body2.clone()).await;
+    assert_eq!(second["data"]["run_ids"].as_array().unwrap().len(), 2);
+    let mut body3 = body.clone();
+    body3["cursor"] = second["data"]["cursor"].clone();
+    let (_, third) = api.post_keyed("/v1/replays", "page-3", body3).await;
+    assert_eq!(third["data"]["run_ids"].as_array().unwrap().len(), 1);
+    assert_eq!(third["data"]["cursor"], Value::Null);
+    let mut replayed_from = HashSet::new();
+    for page in [&first, &second, &third] {
+        for id in page["data"]["run_ids"].as_array().unwrap() {
+            let run = api.finish(id.as_str().unwrap()).await;
+            replayed_from.insert(run["replay_of"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        replayed_from, failed,
+        "every failed run replayed exactly once"
+    );
+
+    // A cursor from elsewhere is a 400, not a 500.
+    let mut bad = body.clone();
+    bad["cursor"] = json!("Completed.01J00000000000000000000000");
+    let (status, reply) = api.post("/v1/replays", bad).await;
+    assert_error(status, &reply, StatusCode::BAD_REQUEST, "cursor");
+
+    // A single replay retried with its key: one new run.
+    let old = failed.iter().next().unwrap().clone();
+    let uri = format!("/v1/runs/{old}/replay");
+    let (status, one) = api.post_keyed(&uri, "single", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{one}");
+    let (_, two) = api.post_keyed(&uri, "single", json!({})).await;
+    assert_eq!(one["data"]["run_id"], two["data"]["run_id"]);
+    let (_, three) = api.post_keyed(&uri, "another", json!({})).await;
+    assert_ne!(one["data"]["run_id"], three["data"]["run_id"]);
+    let (status, reply) = api.post_keyed(&uri, &"k".repeat(300), json!({})).await;
+    assert_error(status, &reply, StatusCode::BAD_REQUEST, "Idempotency-Key");
 }

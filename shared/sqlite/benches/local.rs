@@ -36,8 +36,8 @@ use serde_json::{Value, json};
 use baton::engine::run_id_for;
 use baton::local::{LocalOptions, LocalRuntime};
 use baton::model::{
-    ErrorInfo, EventRecord, Progress, RunDetail, RunPage, RunQuery, RunRecord, RunTransition,
-    StepOutcome, StepRecord, StepStatus,
+    ErrorInfo, EventRecord, Progress, RunDetail, RunPage, RunQuery, RunRecord, RunSummary,
+    RunTransition, StepOutcome, StepRecord, StepStatus,
 };
 use baton::store::StoreResult;
 use baton::{Ctx, Event, Function, NewEvent, Registry, RunStatus, Step, StepError, Store};
@@ -225,7 +225,7 @@ impl Store for TimedStore {
     async fn list_runs(&self, query: &RunQuery) -> StoreResult<RunPage> {
         timed!(self, "list_runs", self.inner.list_runs(query))
     }
-    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunRecord>> {
+    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunSummary>> {
         timed!(self, "runs_for_event", self.inner.runs_for_event(event_id))
     }
     async fn journal(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {

@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 
 use baton::error::StoreError;
 use baton::model::{
-    Entry, ErrorInfo, EventRecord, Expect, Progress, RunPage, RunQuery, RunRecord, RunStatus,
-    RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
+    Entry, ErrorInfo, EventRecord, Expect, ListedRun, Progress, RunPage, RunQuery, RunRecord,
+    RunStatus, RunSummary, RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
 };
 use baton::store::{Store, StoreResult};
 use baton::store::{expect_holds, page_size};
@@ -100,7 +100,8 @@ CREATE TABLE IF NOT EXISTS runs (
     error       TEXT,
     progress    TEXT,
     replay_of   TEXT,
-    event       TEXT NOT NULL
+    event       TEXT NOT NULL,
+    event_name  TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_function_status ON runs (function_id, status, run_id DESC);
 CREATE INDEX IF NOT EXISTS runs_by_function ON runs (function_id, run_id DESC);
@@ -137,7 +138,9 @@ CREATE TABLE IF NOT EXISTS entries (
 const FINAL_STEP: &str = "('Completed', 'Failed')";
 const TERMINAL_RUN: &str = "('Completed', 'Failed', 'Cancelled')";
 
-const RUN_COLUMNS: &str = "run_id, function_id, event_id, status, started_at, ended_at, output, error, progress, replay_of, event";
+const RUN_COLUMNS: &str = "run_id, function_id, event_id, status, started_at, ended_at, output, error, progress, replay_of, event, event_name";
+/// What a listing reads: never the event copy; `{output}` is `output` or `NULL`.
+const SUMMARY_COLUMNS: &str = "run_id, function_id, event_id, event_name, status, started_at, ended_at, {output}, error, progress, replay_of";
 const STEP_COLUMNS: &str = "run_id, step_id, name, kind, status, attempts, seq, planned_at, started_at, \
      ended_at, wake_at, output, error";
 
@@ -176,6 +179,7 @@ impl SqliteStore {
 
     fn init(conn: Connection) -> Result<Self, StoreError> {
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        migrate(&conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -200,6 +204,30 @@ impl SqliteStore {
             Err(e) => Err(StoreError::Backend(format!("store task failed: {e}"))),
         }
     }
+}
+
+/// Brings a database written by an earlier version up to [`SCHEMA`].
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has_event_name = conn
+        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'event_name'")
+        .and_then(|mut stmt| stmt.exists([]))
+        .map_err(backend)?;
+    if !has_event_name {
+        // Listings read the event's name from its own column, never the event copy. Rows
+        // whose copy is not valid JSON keep NULL and are reported as unreadable.
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE runs ADD COLUMN event_name TEXT;
+             UPDATE runs SET event_name = json_extract(event, '$.name') WHERE json_valid(event);
+             COMMIT;",
+        )
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn summary_columns(with_output: bool) -> String {
+    SUMMARY_COLUMNS.replace("{output}", if with_output { "output" } else { "NULL" })
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -259,6 +287,7 @@ struct RunRow {
     progress: Option<String>,
     replay_of: Option<String>,
     event: String,
+    event_name: Option<String>,
 }
 
 impl RunRow {
@@ -275,6 +304,7 @@ impl RunRow {
             progress: row.get(8)?,
             replay_of: row.get(9)?,
             event: row.get(10)?,
+            event_name: row.get(11)?,
         })
     }
 
@@ -293,6 +323,68 @@ impl RunRow {
             event_id: self.event_id,
             replay_of: self.replay_of,
             run_id: self.run_id,
+        })
+    }
+}
+
+/// A `runs` row as a listing reads it.
+struct SummaryRow {
+    run_id: String,
+    function_id: String,
+    event_id: String,
+    event_name: Option<String>,
+    status: String,
+    started_at: String,
+    ended_at: Option<String>,
+    output: Option<String>,
+    error: Option<String>,
+    progress: Option<String>,
+    replay_of: Option<String>,
+}
+
+impl SummaryRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(SummaryRow {
+            run_id: row.get(0)?,
+            function_id: row.get(1)?,
+            event_id: row.get(2)?,
+            event_name: row.get(3)?,
+            status: row.get(4)?,
+            started_at: row.get(5)?,
+            ended_at: row.get(6)?,
+            output: row.get(7)?,
+            error: row.get(8)?,
+            progress: row.get(9)?,
+            replay_of: row.get(10)?,
+        })
+    }
+
+    fn decode(self) -> StoreResult<RunSummary> {
+        let what = |field: &str| format!("run {} {field}", self.run_id);
+        Ok(RunSummary {
+            event_name: self
+                .event_name
+                .ok_or_else(|| corrupt(&what("event"), "not valid JSON"))?,
+            status: RunStatus::parse(&self.status)
+                .ok_or_else(|| corrupt(&what("status"), &self.status))?,
+            started_at: parse_ts(&what("started_at"), &self.started_at)?,
+            ended_at: parse_opt_ts(&what("ended_at"), self.ended_at)?,
+            output: parse_opt_json(&what("output"), self.output)?,
+            error: parse_opt_json(&what("error"), self.error)?,
+            progress: parse_opt_json(&what("progress"), self.progress)?,
+            function_id: self.function_id,
+            event_id: self.event_id,
+            replay_of: self.replay_of,
+            run_id: self.run_id,
+        })
+    }
+
+    /// The summary, or the run id of a row that cannot be read (logged).
+    fn listed(self) -> ListedRun {
+        let run_id = self.run_id.clone();
+        self.decode().map_err(|e| {
+            tracing::warn!(run_id, %e, "unreadable run row skipped");
+            run_id
         })
     }
 }
@@ -473,13 +565,14 @@ impl Store for SqliteStore {
             progress: opt_json(run.progress.as_ref())?,
             replay_of: run.replay_of.clone(),
             event: json(&run.event)?,
+            event_name: Some(run.event.name.clone()),
         };
         self.with_conn(move |conn| {
             let n = conn
                 .exec_cached(
                     &format!(
                         "INSERT INTO runs ({RUN_COLUMNS})
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING"
                     ),
                     params![
                         row.run_id,
@@ -492,7 +585,8 @@ impl Store for SqliteStore {
                         row.error,
                         row.progress,
                         row.replay_of,
-                        row.event
+                        row.event,
+                        row.event_name
                     ],
                 )
                 .map_err(backend)?;
@@ -589,36 +683,41 @@ impl Store for SqliteStore {
         };
         // One extra row tells whether another page exists.
         values.push(SqlValue::Integer((limit + 1) as i64));
-        let sql =
-            format!("SELECT {RUN_COLUMNS} FROM runs {where_clause} ORDER BY run_id DESC LIMIT ?");
+        let columns = summary_columns(query.with_output);
+        let sql = format!("SELECT {columns} FROM runs {where_clause} ORDER BY run_id DESC LIMIT ?");
         let rows = self
             .with_conn(move |conn| {
                 let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
                 let rows = stmt
-                    .query_map(params_from_iter(values), RunRow::read)
+                    .query_map(params_from_iter(values), SummaryRow::read)
                     .map_err(backend)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
             })
             .await?;
-        let runs = rows
-            .into_iter()
-            .map(RunRow::decode)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let runs = rows.into_iter().map(SummaryRow::listed).collect();
         Ok(RunPage::from_overfetch(runs, limit))
     }
 
-    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunRecord>> {
+    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunSummary>> {
         let event_id = event_id.to_owned();
-        self.with_conn(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE event_id = ?1 ORDER BY run_id"
-                ))
-                .map_err(backend)?;
-            let rows = stmt.query_map([&event_id], RunRow::read).map_err(backend)?;
-            rows.map(|row| row.map_err(backend)?.decode()).collect()
-        })
-        .await
+        let rows = self
+            .with_conn(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {} FROM runs WHERE event_id = ?1 ORDER BY run_id",
+                        summary_columns(true)
+                    ))
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([&event_id], SummaryRow::read)
+                    .map_err(backend)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| row.listed().ok())
+            .collect())
     }
 
     async fn journal(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {

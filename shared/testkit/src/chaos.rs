@@ -54,7 +54,7 @@ use tokio::time::Instant;
 use baton::engine::Engine;
 use baton::error::{EngineError, QueueError, StoreError};
 use baton::model::{
-    ErrorInfo, EventRecord, Message, Progress, RunPage, RunQuery, RunRecord, RunStatus,
+    ErrorInfo, EventRecord, Message, Progress, RunPage, RunQuery, RunRecord, RunStatus, RunSummary,
     RunTransition, StepOutcome, StepRecord, StepStatus,
 };
 use baton::queue::{Envelope, Queue};
@@ -597,7 +597,7 @@ impl<S: Store + ?Sized> Store for ChaosStore<S> {
         leave(fault, self.inner.list_runs(query).await)
     }
 
-    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunRecord>> {
+    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunSummary>> {
         let fault = self.enter("runs_for_event").await?;
         leave(fault, self.inner.runs_for_event(event_id).await)
     }

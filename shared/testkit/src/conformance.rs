@@ -20,8 +20,8 @@ use serde_json::json;
 use ulid::Ulid;
 
 use baton::model::{
-    Entry, ErrorInfo, EventRecord, Expect, Progress, RunQuery, RunRecord, RunStatus, RunTransition,
-    StepKind, StepOutcome, StepRecord, StepStatus,
+    Entry, ErrorInfo, EventRecord, Expect, Progress, RunQuery, RunRecord, RunStatus, RunSummary,
+    RunTransition, StepKind, StepOutcome, StepRecord, StepStatus,
 };
 use baton::store::Store;
 
@@ -48,6 +48,7 @@ where
         list_runs_order_and_filters,
         list_runs_paging,
         list_runs_default_limit,
+        list_runs_reads_summaries,
         runs_for_event,
         journal_order,
         plan_step_if_absent,
@@ -192,7 +193,7 @@ async fn create(store: &dyn Store, run: &RunRecord) {
     );
 }
 
-fn ids(runs: &[RunRecord]) -> Vec<String> {
+fn ids(runs: &[RunSummary]) -> Vec<String> {
     runs.iter().map(|r| r.run_id.clone()).collect()
 }
 
@@ -610,7 +611,11 @@ pub async fn list_runs_order_and_filters(store: &dyn Store) {
         newest_first(&|_| true),
         "no filter: every run, newest first"
     );
-    assert_eq!(everything[0], all[11], "listed runs are whole records");
+    assert_eq!(
+        everything[0],
+        all[11].summary(false),
+        "listed runs are summaries without outputs"
+    );
 
     let by_function = list(RunQuery {
         function_id: Some("fn-odd".into()),
@@ -868,6 +873,52 @@ pub async fn list_runs_default_limit(store: &dyn Store) {
     assert!(page.cursor.is_some(), "the 51st run is on the next page");
 }
 
+/// A listing returns summaries: the event's name but not its payload, and outputs only when
+/// asked; the whole run is still read back by `get_run`.
+pub async fn list_runs_reads_summaries(store: &dyn Store) {
+    let event_id = new_id();
+    let big = EventRecord {
+        name: "conformance/big".into(),
+        data: json!({"blob": "x".repeat(200 * 1024)}),
+        ..event(&event_id)
+    };
+    let whole = RunRecord {
+        event: big,
+        status: RunStatus::Completed,
+        ended_at: Some(at(5)),
+        output: Some(json!({"answer": 42, "text": "y".repeat(40 * 1024)})),
+        error: None,
+        progress: Some(Progress {
+            percent: 100,
+            message: "done".into(),
+        }),
+        ..run(&new_id(), "fn-summary", &event_id, at(0))
+    };
+    create(store, &whole).await;
+    let query = RunQuery {
+        function_id: Some("fn-summary".into()),
+        ..RunQuery::default()
+    };
+    let page = store.list_runs(&query).await.expect("list_runs");
+    assert_eq!(page.runs, vec![whole.summary(false)]);
+    assert_eq!(page.runs[0].event_name, "conformance/big");
+    assert_eq!(page.runs[0].output, None, "no output unless asked");
+    assert!(page.unreadable.is_empty());
+    let with_output = store
+        .list_runs(&RunQuery {
+            with_output: true,
+            ..query
+        })
+        .await
+        .expect("list_runs");
+    assert_eq!(with_output.runs, vec![whole.summary(true)]);
+    assert_eq!(
+        store.get_run(&whole.run_id).await.expect("get_run"),
+        Some(whole.clone()),
+        "get_run reads the whole run"
+    );
+}
+
 /// Every run of an event, replays included, oldest first.
 pub async fn runs_for_event(store: &dyn Store) {
     let (event_a, event_b) = (new_id(), new_id());
@@ -887,7 +938,11 @@ pub async fn runs_for_event(store: &dyn Store) {
             .runs_for_event(&event_a)
             .await
             .expect("runs_for_event"),
-        vec![first, other_fn, replay],
+        vec![
+            first.summary(true),
+            other_fn.summary(true),
+            replay.summary(true)
+        ],
         "runs of an event, oldest first"
     );
     assert_eq!(
@@ -895,7 +950,7 @@ pub async fn runs_for_event(store: &dyn Store) {
             .runs_for_event(&event_b)
             .await
             .expect("runs_for_event"),
-        vec![other_event]
+        vec![other_event.summary(true)]
     );
     assert!(
         store

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsMessage;
 use baton::Store as _;
-use baton::model::{QueueName, RunRecord};
+use baton::model::{QueueName, RunSummary};
 use baton::{Engine, EngineConfig, Registry};
 use baton_aws::dynamodb::DynamoStore;
 use baton_aws::sqs::{QueueNaming, SqsQueue};
@@ -220,7 +220,7 @@ impl Deployment {
 
     /// Waits (reading the table without the meter) until every one of these events started
     /// a run and all those runs ended; returns them.
-    pub async fn wait_quietly(&self, event_ids: &[String], timeout: Duration) -> Vec<RunRecord> {
+    pub async fn wait_quietly(&self, event_ids: &[String], timeout: Duration) -> Vec<RunSummary> {
         let deadline = Instant::now() + timeout;
         'poll: loop {
             assert!(

@@ -5,6 +5,7 @@
 //! replays the function ([`Ctx`]), then concludes: finish or fail the run, or plan the steps it
 //! is blocked on (a conditional write each; only the handler that wins a plan enqueues it).
 
+mod bulk;
 mod cache;
 mod config;
 mod ctx;
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use ulid::Ulid;
 
+pub use bulk::{BulkOutcome, RunSelection};
 use cache::JournalCache;
 pub use config::{Backoff, Clock, EngineConfig, Limits, later};
 pub use ctx::{Ctx, StepCtx};
@@ -32,8 +34,8 @@ use crate::function::{
     SCHEDULED,
 };
 use crate::model::{
-    ErrorInfo, EventRecord, Message, MessageKind, RunDetail, RunQuery, RunRecord, RunStatus,
-    RunTransition, StepKind, StepOutcome, StepRecord, StepStatus, json_depth,
+    ErrorInfo, EventRecord, Message, MessageKind, RunDetail, RunRecord, RunStatus, RunTransition,
+    StepKind, StepOutcome, StepRecord, StepStatus, json_depth,
 };
 use crate::queue::{Envelope, Queue};
 use crate::store::Store;
@@ -422,7 +424,7 @@ impl Engine {
             Duration::ZERO
         };
         let run = self.new_run(run_id, function, event.clone(), None);
-        self.store().create_run(&run).await?;
+        self.create_run(function, &run).await?;
         Ok(self.start_messages(function, &run, delay))
     }
 
@@ -461,7 +463,7 @@ impl Engine {
         run: &RunRecord,
         delay: Duration,
     ) -> Vec<Envelope> {
-        let mut start = start_message(run);
+        let mut start = start_message(&run.run_id, &run.function_id);
         if !delay.is_zero() {
             start.not_before = Some(later(run.started_at, delay));
         }
@@ -635,7 +637,16 @@ impl Engine {
             return Ok(None);
         }
         let store = self.store();
-        let Some(mut run) = store.get_run(&message.run_id).await? else {
+        let run = match store.get_run(&message.run_id).await {
+            // A row no version of the engine can read (written by an older one, or changed
+            // by hand): delivering again cannot help, and the run is reported by listings.
+            Err(e) if e.is_corrupt() => {
+                tracing::error!(run_id = message.run_id, %e, "unreadable run: message dropped");
+                return Ok(None);
+            }
+            other => other?,
+        };
+        let Some(mut run) = run else {
             tracing::warn!(run_id = %message.run_id, "message for an unknown run dropped");
             return Ok(None);
         };
@@ -1064,7 +1075,10 @@ impl Engine {
     /// What follows every end of a run: its concurrency slot is freed.
     async fn after_end(&self, run: &RunRecord) -> Result<(), EngineError> {
         match self.registry().get(&run.function_id).cloned() {
-            Some(function) => self.release_slot(&function, run).await,
+            Some(function) => {
+                self.unindex_cancel(&function, run).await?;
+                self.release_slot(&function, run).await
+            }
             None => Ok(()),
         }
     }
@@ -1074,7 +1088,7 @@ impl Engine {
         let due = later(self.now(), SLOT_RECHECK);
         let message = Message {
             not_before: Some(due),
-            ..start_message(run)
+            ..start_message(&run.run_id, &run.function_id)
         };
         self.send_at(message, due).await
     }
@@ -1176,139 +1190,6 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))
     }
 
-    /// Starts a new run of the same function on the same event. Returns the new run id.
-    pub async fn replay(&self, run_id: &str) -> Result<String, EngineError> {
-        let old = self
-            .store()
-            .get_run(run_id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(format!("run {run_id}")))?;
-        let function = self.registry().get(&old.function_id).ok_or_else(|| {
-            EngineError::Conflict(format!(
-                "function {:?} is no longer registered",
-                old.function_id
-            ))
-        })?;
-        let run = self.new_run(
-            self.new_id(self.now()),
-            function,
-            old.event,
-            Some(old.run_id),
-        );
-        self.store().create_run(&run).await?;
-        self.send(self.start_messages(function, &run, Duration::ZERO))
-            .await?;
-        Ok(run.run_id)
-    }
-
-    /// Every run of a function with one of `statuses` started in the window.
-    async fn runs_in_window(
-        &self,
-        function_id: &str,
-        statuses: &[RunStatus],
-        after: Option<DateTime<Utc>>,
-        before: Option<DateTime<Utc>>,
-    ) -> Result<Vec<RunRecord>, EngineError> {
-        let mut runs = Vec::new();
-        for status in statuses {
-            let mut query = RunQuery {
-                function_id: Some(function_id.to_string()),
-                status: Some(*status),
-                started_after: after,
-                started_before: before,
-                limit: 1000,
-                cursor: None,
-            };
-            loop {
-                let page = self.store().list_runs(&query).await?;
-                runs.extend(page.runs);
-                match page.cursor {
-                    Some(cursor) => query.cursor = Some(cursor),
-                    None => break,
-                }
-            }
-        }
-        Ok(runs)
-    }
-
-    /// Cancels the live runs that `event` cancels ([`Function::cancel_on`]): for each function
-    /// listening for its name, its Queued and Running runs are read and compared.
-    async fn cancel_on_event(&self, event: &EventRecord) -> Result<(), EngineError> {
-        let listening: Vec<(String, crate::function::CancelOn)> = self
-            .registry()
-            .functions()
-            .flat_map(|f| f.cancel_on.iter().map(|c| (f.id.clone(), c.clone())))
-            .filter(|(_, c)| c.event == event.name)
-            .collect();
-        for (function_id, cancel_on) in listening {
-            let live = self
-                .runs_in_window(
-                    &function_id,
-                    &[RunStatus::Queued, RunStatus::Running],
-                    None,
-                    None,
-                )
-                .await?;
-            for run in live.iter().filter(|r| cancel_on.matches(event, &r.event)) {
-                let error = ErrorInfo::new(
-                    "Cancelled",
-                    format!("cancelled by the event {} ({})", event.name, event.id),
-                );
-                self.cancel_run(run, error).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Bulk cancel. Returns how many runs this call cancelled.
-    pub async fn cancel_many(
-        &self,
-        function_id: &str,
-        after: Option<DateTime<Utc>>,
-        before: Option<DateTime<Utc>>,
-    ) -> Result<usize, EngineError> {
-        let mut cancelled = 0;
-        for run in self
-            .runs_in_window(
-                function_id,
-                &[RunStatus::Queued, RunStatus::Running],
-                after,
-                before,
-            )
-            .await?
-        {
-            match self.cancel(&run.run_id).await {
-                Ok(_) => cancelled += 1,
-                Err(EngineError::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(cancelled)
-    }
-
-    /// Bulk replay of Failed or Cancelled runs. Returns the new run ids.
-    pub async fn replay_many(
-        &self,
-        function_id: &str,
-        status: RunStatus,
-        after: Option<DateTime<Utc>>,
-        before: Option<DateTime<Utc>>,
-    ) -> Result<Vec<String>, EngineError> {
-        if !matches!(status, RunStatus::Failed | RunStatus::Cancelled) {
-            return Err(EngineError::Invalid(
-                "status must be Failed or Cancelled".into(),
-            ));
-        }
-        let mut ids = Vec::new();
-        for run in self
-            .runs_in_window(function_id, &[status], after, before)
-            .await?
-        {
-            ids.push(self.replay(&run.run_id).await?);
-        }
-        Ok(ids)
-    }
-
     /// A message that exhausted its deliveries (it landed in a dead-letter queue): the run
     /// fails with the reason, so no run ever stays Running silently.
     pub async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), EngineError> {
@@ -1334,63 +1215,6 @@ impl Engine {
         );
         self.fail_run(&run, error).await
     }
-
-    // ---- the sweeper ----
-
-    /// Re-drives runs that have not ended and made no progress for `stale_after` (None: every
-    /// run that has not ended, as after a restart that lost the in-process queue). A re-drive
-    /// replays the run and re-sends the message of every step it is blocked on; duplicates
-    /// are harmless. Returns how many runs were re-driven.
-    pub async fn sweep(&self, stale_after: Option<Duration>) -> Result<usize, EngineError> {
-        let now = self.now();
-        let mut batch = Vec::new();
-        for function in self.registry().functions() {
-            let runs = self
-                .runs_in_window(
-                    &function.id,
-                    &[RunStatus::Queued, RunStatus::Running],
-                    None,
-                    None,
-                )
-                .await?;
-            for run in runs {
-                if let Some(stale_after) = stale_after {
-                    let journal = self.store().journal(&run.run_id).await?;
-                    let last = journal
-                        .iter()
-                        .flat_map(|s| {
-                            [
-                                Some(s.planned_at),
-                                s.started_at,
-                                s.ended_at,
-                                s.wake_at.filter(|_| !s.status.is_final()),
-                            ]
-                        })
-                        .flatten()
-                        .fold(run.started_at, DateTime::max);
-                    if (now - last)
-                        .to_std()
-                        .map_or(true, |idle| idle < stale_after)
-                    {
-                        continue;
-                    }
-                }
-                let message = Message {
-                    run_id: run.run_id.clone(),
-                    function_id: run.function_id.clone(),
-                    kind: MessageKind::Redrive,
-                    not_before: None,
-                };
-                batch.push(Envelope {
-                    message,
-                    delay: Duration::ZERO,
-                });
-            }
-        }
-        let count = batch.len();
-        self.send(batch).await?;
-        Ok(count)
-    }
 }
 
 /// A started step whose handler must have died: its attempt began longer ago than the
@@ -1409,10 +1233,10 @@ fn executor_is_gone(function: &Function, step: &StepRecord, now: DateTime<Utc>) 
     now > later(started, timeout.saturating_add(EXECUTOR_GRACE))
 }
 
-fn start_message(run: &RunRecord) -> Message {
+fn start_message(run_id: &str, function_id: &str) -> Message {
     Message {
-        run_id: run.run_id.clone(),
-        function_id: run.function_id.clone(),
+        run_id: run_id.to_owned(),
+        function_id: function_id.to_owned(),
         kind: MessageKind::Start,
         not_before: None,
     }

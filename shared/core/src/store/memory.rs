@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 
 use super::{Store, StoreResult, expect_holds, page_size};
 use crate::model::{
-    Entry, ErrorInfo, EventRecord, Expect, Progress, RunPage, RunQuery, RunRecord, RunTransition,
-    StepOutcome, StepRecord, StepStatus,
+    Entry, ErrorInfo, EventRecord, Expect, ListedRun, Progress, RunPage, RunQuery, RunRecord,
+    RunSummary, RunTransition, StepOutcome, StepRecord, StepStatus,
 };
 
 #[derive(Debug, Default)]
@@ -158,19 +158,19 @@ impl Store for MemoryStore {
         };
         let state = self.state();
         // One extra row tells whether another page exists.
-        let runs: Vec<RunRecord> = state
+        let runs: Vec<ListedRun> = state
             .runs
             .range::<str, _>((Bound::Unbounded, upper))
             .rev()
-            .map(|(_, run)| run)
+            .map(|(_, run)| run.summary(query.with_output))
             .filter(|run| query.matches(run))
             .take(limit + 1)
-            .cloned()
+            .map(Ok)
             .collect();
         Ok(RunPage::from_overfetch(runs, limit))
     }
 
-    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunRecord>> {
+    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunSummary>> {
         let state = self.state();
         let Some(ids) = state.runs_by_event.get(event_id) else {
             return Ok(Vec::new());
@@ -178,7 +178,7 @@ impl Store for MemoryStore {
         Ok(ids
             .iter()
             .filter_map(|id| state.runs.get(id))
-            .cloned()
+            .map(|run| run.summary(true))
             .collect())
     }
 

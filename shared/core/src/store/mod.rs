@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
 use crate::model::{
-    Entry, ErrorInfo, EventRecord, Expect, Progress, RunPage, RunQuery, RunRecord, RunTransition,
-    StepOutcome, StepRecord,
+    Entry, ErrorInfo, EventRecord, Expect, Progress, RunPage, RunQuery, RunRecord, RunSummary,
+    RunTransition, StepOutcome, StepRecord,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -77,11 +77,14 @@ pub trait Store: Send + Sync + 'static {
     /// Sets the progress of a run that has not ended. True when applied.
     async fn set_progress(&self, run_id: &str, progress: &Progress) -> StoreResult<bool>;
 
-    /// Runs newest first (by run id), filtered, one page at a time.
+    /// Runs newest first (by run id), filtered, one page at a time. Reads summaries, never
+    /// the runs' events (nor their outputs unless `query.with_output`). A row that cannot be
+    /// read is reported in [`RunPage::unreadable`] and skipped, never an error.
     async fn list_runs(&self, query: &RunQuery) -> StoreResult<RunPage>;
 
-    /// Every run an event started (including replays), oldest first.
-    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunRecord>>;
+    /// Every run an event started (including replays), oldest first, as summaries with their
+    /// outputs. Unreadable rows are left out (and logged).
+    async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunSummary>>;
 
     // ---- journal ----
 
