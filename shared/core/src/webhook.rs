@@ -9,12 +9,17 @@
 //! source sends a timestamp header (Unix seconds, as Stripe and Svix do): then a timestamp more
 //! than the tolerance away from now is refused, so a captured request cannot be replayed
 //! later. The comparison is constant-time ([`hmac::Mac::verify_slice`]).
+//!
+//! Replays within the tolerance: the event's id is derived from the signed material (a digest
+//! of `{timestamp}.{body}`), so sending a captured request again, with any unsigned header
+//! changed, stores nothing new (the idempotency window, 24 h, covers it; for a source without
+//! timestamps, that window is the whole protection: prefer sources that sign a timestamp).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 /// Where a signature is expected when the source does not say.
 pub const DEFAULT_SIGNATURE_HEADER: &str = "x-baton-signature";
@@ -32,8 +37,10 @@ pub struct WebhookSource {
     pub signature_header: String,
     /// Header with the Unix time the source signed at; when set, it is required and signed.
     pub timestamp_header: Option<String>,
-    /// Header with the source's delivery id: it becomes the event id, so the source's own
-    /// retries of one callback start runs once.
+    /// Header with the source's delivery id: required when set, it becomes the event id, so
+    /// the source's own retries of one callback (re-signed or not) start runs once. The id is
+    /// not signed, so a signed request already seen under one delivery id is refused under
+    /// another (409).
     pub id_header: Option<String>,
     pub tolerance: Duration,
 }
@@ -138,6 +145,24 @@ impl WebhookSource {
         mac(secret, timestamp, body)
             .verify_slice(&presented)
             .map_err(|_| SignatureError::Mismatch)
+    }
+}
+
+impl WebhookSource {
+    /// Hex SHA-256 of what the signature covers (`{timestamp}.{body}`, or the body): the same
+    /// signed request always has the same digest, whatever unsigned headers come with it.
+    /// Call after [`WebhookSource::verify`].
+    pub fn signed_digest<'a>(
+        &self,
+        header: impl Fn(&str) -> Option<&'a str>,
+        body: &[u8],
+    ) -> String {
+        let mut digest = Sha256::new();
+        if let Some(ts) = self.timestamp_header.as_deref().and_then(header) {
+            digest.update(format!("{}.", ts.trim()).as_bytes());
+        }
+        digest.update(body);
+        hex::encode(digest.finalize())
     }
 }
 

@@ -737,10 +737,37 @@ async fn webhook(
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
     let data: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-    let mut event = NewEvent::new(config.event_name(), data);
-    if let Some(id) = config.id_header.as_deref().and_then(header) {
-        event = event.with_id(format!("{source}:{id}"));
-    }
+    // The signed material (`{timestamp}.{body}`, or the body) names the callback: the same
+    // captured request sent again, with any delivery id or none, is the same event. Only the
+    // signature covers it; a delivery id header does not, so it may not move the material to
+    // a new event.
+    let material = format!("webhook:{source}:{}", config.signed_digest(header, &bytes));
+    let event_id = match config.id_header.as_deref() {
+        None => material,
+        Some(name) => {
+            let delivery = header(name)
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| ApiError::bad_request(format!("the {name} header is required")))?;
+            let delivery = format!("{source}:{delivery}");
+            let now = engine.now();
+            let until = baton::engine::later(now, engine.limits().idempotency_window);
+            let holder = engine
+                .store()
+                .claim_idempotency_id(&material, &delivery, now, until)
+                .await?;
+            if let Some(holder) = holder.filter(|h| *h != delivery) {
+                return Err(EventError(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "this signed request was already delivered as {holder:?}: a replay starts nothing"
+                    ),
+                )));
+            }
+            delivery
+        }
+    };
+    let event = NewEvent::new(config.event_name(), data).with_id(event_id);
     engine.validate_event(&event, false)?;
     let ids = engine.send_events(vec![event]).await?;
     Ok((

@@ -40,6 +40,7 @@
 //! (no inline script), on top of escaping all user data (event data is untrusted).
 
 pub mod html;
+mod session;
 
 use std::fmt::Write as _;
 
@@ -52,9 +53,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::api::{ApiError, AppState, BodyError, bearer, read_body};
@@ -83,9 +82,7 @@ const FUNCTION_RUNS: usize = 20;
 const REPLAYS_LISTED: usize = 100;
 /// How often a live part is fetched again, in milliseconds.
 const POLL_MS: u32 = 1000;
-/// The session cookie's name and lifetime.
-pub const SESSION_COOKIE: &str = "baton_session";
-const SESSION_TTL_S: i64 = 12 * 3600;
+pub use session::SESSION_COOKIE;
 /// The request header asking for a page's live part only, and the answer's "stop polling".
 pub const FRAGMENT_HEADER: &str = "x-baton-fragment";
 pub const DONE_HEADER: &str = "x-baton-done";
@@ -149,61 +146,7 @@ enum Access {
     /// `Authorization: Bearer <signing key>`.
     Bearer,
     /// The session cookie; forms must carry `csrf`.
-    Session { csrf: String },
-}
-
-type HmacSha256 = Hmac<Sha256>;
-
-fn mac(key: &[u8; 32], message: &str) -> HmacSha256 {
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(message.as_bytes());
-    mac
-}
-
-/// `{expires}.{hex hmac}`: a session valid until `expires` (seconds since the epoch).
-fn session_token(key: &[u8; 32], expires: i64) -> String {
-    let tag = mac(key, &format!("baton-dashboard-session:{expires}"))
-        .finalize()
-        .into_bytes();
-    format!("{expires}.{}", hex::encode(tag))
-}
-
-fn session_ok(key: &[u8; 32], token: &str, now: DateTime<Utc>) -> bool {
-    let Some((expires, tag)) = token.split_once('.') else {
-        return false;
-    };
-    let Ok(expires) = expires.parse::<i64>() else {
-        return false;
-    };
-    let now = now.timestamp();
-    if expires <= now || expires > now + SESSION_TTL_S + 60 {
-        return false;
-    }
-    let Ok(tag) = hex::decode(tag) else {
-        return false;
-    };
-    mac(key, &format!("baton-dashboard-session:{expires}"))
-        .verify_slice(&tag)
-        .is_ok()
-}
-
-fn csrf_token(key: &[u8; 32], session: &str) -> String {
-    let tag = mac(key, &format!("baton-dashboard-csrf:{session}"))
-        .finalize()
-        .into_bytes();
-    hex::encode(&tag[..16])
-}
-
-/// The value of cookie `name`.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim())
+    Session { id: String, csrf: String },
 }
 
 async fn authorize(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
@@ -221,11 +164,22 @@ async fn authorize(State(state): State<AppState>, mut request: Request, next: Ne
                 }
                 Access::Bearer
             } else {
-                match cookie(headers, SESSION_COOKIE)
-                    .filter(|s| session_ok(key, s, state.engine.now()))
-                {
-                    Some(session) => Access::Session {
-                        csrf: csrf_token(key, session),
+                let now = state.engine.now();
+                let id = session::cookie(headers, SESSION_COOKIE)
+                    .and_then(|token| session::verify(key, token, now));
+                let live = match &id {
+                    Some(id) => {
+                        match session::is_live(state.engine.store().as_ref(), id, now).await {
+                            Ok(live) => live,
+                            Err(e) => return PageError::from(e).into_response(),
+                        }
+                    }
+                    None => false,
+                };
+                match id.filter(|_| live) {
+                    Some(id) => Access::Session {
+                        csrf: session::csrf(key, &id),
+                        id,
                     },
                     None => {
                         return login_response(
@@ -249,8 +203,13 @@ fn local_path(uri: &axum::http::Uri) -> String {
 }
 
 /// Only a path on this site may follow a login (`/x`, not `//evil` or `https://...`).
+/// Browsers drop tabs and newlines from a URL and read `\` as `/`, so `/\t/evil` would be
+/// `//evil`: any whitespace, control character or backslash sends the user home instead.
 fn safe_next(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    let plain = !next
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\');
+    if plain && next.starts_with('/') && !next.starts_with("//") {
         next
     } else {
         "/"
@@ -299,7 +258,7 @@ fn check_post(headers: &HeaderMap, access: &Access, form: &Form) -> Result<(), P
             "This form was posted from another site.",
         ));
     }
-    if let Access::Session { csrf } = access {
+    if let Access::Session { csrf, .. } = access {
         let sent = form.get("csrf");
         if !bool::from(sent.as_bytes().ct_eq(csrf.as_bytes())) {
             return Err(PageError::new(
@@ -314,7 +273,7 @@ fn check_post(headers: &HeaderMap, access: &Access, form: &Form) -> Result<(), P
 /// The hidden CSRF field of a form (empty without a session).
 fn csrf_field(access: &Access) -> String {
     match access {
-        Access::Session { csrf } => {
+        Access::Session { csrf, .. } => {
             format!(
                 "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
                 esc(csrf)
@@ -626,20 +585,38 @@ async fn login_action(
     let Some(key) = state.keys.signing_key_digest() else {
         return Ok(redirect(&next));
     };
+    let store = state.engine.store().as_ref();
+    let now = state.engine.now();
+    if let Some(until) = session::throttled(store, &headers, now).await? {
+        let wait = (until - now).num_seconds().max(1);
+        let mut response = login_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            Some(&format!(
+                "Too many failed sign-ins from here: try again in {} minutes.",
+                (wait + 59) / 60
+            )),
+        );
+        if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Ok(response);
+    }
     if state.keys.signing_key_ok(Some(form.get("key"))).is_err() {
+        session::count_failure(store, &headers, now).await?;
         return Ok(login_response(
             StatusCode::UNAUTHORIZED,
             &next,
             Some("That is not the signing key."),
         ));
     }
-    let expires = state.engine.now().timestamp() + SESSION_TTL_S;
+    let token = session::start(store, key, now).await?;
     let secure = headers
         .get("x-forwarded-proto")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; Max-Age={SESSION_TTL_S}; HttpOnly; SameSite=Strict{}",
-        session_token(key, expires),
+        "{SESSION_COOKIE}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{}",
+        session::SESSION_TTL.as_secs(),
         if secure { "; Secure" } else { "" }
     );
     let mut response = redirect(&next);
@@ -650,12 +627,17 @@ async fn login_action(
 }
 
 async fn logout(
+    State(state): State<AppState>,
     Extension(access): Extension<Access>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, PageError> {
     let form = Form::read(&headers, body, FORM_OVERHEAD).await?;
     check_post(&headers, &access, &form)?;
+    // The session ends everywhere, not just in this browser.
+    if let Access::Session { id, .. } = &access {
+        session::end(state.engine.store().as_ref(), id, state.engine.now()).await?;
+    }
     let mut response = redirect("/login");
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -1884,35 +1866,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sessions_verify_and_expire() {
-        let key = [7u8; 32];
-        let now = Utc::now();
-        let token = session_token(&key, now.timestamp() + 60);
-        assert!(session_ok(&key, &token, now));
-        // Expired, from another key, tampered, far-future, malformed.
-        assert!(!session_ok(
-            &key,
-            &token,
-            now + chrono::Duration::seconds(61)
-        ));
-        assert!(!session_ok(&[8u8; 32], &token, now));
-        let (exp, tag) = token.split_once('.').unwrap();
-        assert!(!session_ok(
-            &key,
-            &format!("{}.{tag}", exp.parse::<i64>().unwrap() + 1),
-            now
-        ));
-        let far = session_token(&key, now.timestamp() + 10 * SESSION_TTL_S);
-        assert!(!session_ok(&key, &far, now));
-        for bad in ["", ".", "x.y", "123", "123.zz"] {
-            assert!(!session_ok(&key, bad, now), "{bad:?}");
-        }
-        // The CSRF token depends on the session.
-        let other = session_token(&key, now.timestamp() + 120);
-        assert_ne!(csrf_token(&key, &token), csrf_token(&key, &other));
-    }
-
-    #[test]
     fn only_local_paths_follow_a_login() {
         assert_eq!(safe_next("/runs?status=Failed"), "/runs?status=Failed");
         for bad in [
@@ -1966,16 +1919,5 @@ mod tests {
             ("host", "127.0.0.1:8288"),
             ("sec-fetch-site", "cross-site")
         ])));
-    }
-
-    #[test]
-    fn cookies_are_found_by_name() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; baton_session=123.abc; b=2"),
-        );
-        assert_eq!(cookie(&h, SESSION_COOKIE), Some("123.abc"));
-        assert_eq!(cookie(&h, "c"), None);
     }
 }

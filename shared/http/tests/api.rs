@@ -1288,6 +1288,51 @@ async fn a_signed_webhook_becomes_an_event_and_starts_its_runs_once() {
     assert_eq!(api.runs_of(&ids[0]).await.len(), 1);
 }
 
+/// A captured signed callback sent again within the tolerance, with another delivery id or
+/// none, starts nothing: the signed material names the event.
+#[tokio::test]
+async fn a_captured_webhook_cannot_be_replayed() {
+    let keys = Keys::open().with_webhook_secret("clips", CLIPS_SECRET);
+    let api = start_with(keys, LocalOptions::default()).await;
+    let now = api.runtime.engine().now().timestamp();
+    let body = r#"{"task_id":"t-9","status":"done"}"#;
+    let reply = api.raw(clip_callback(body, now, CLIPS_SECRET, "d-9")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let event_id = reply.json()["ids"][0].as_str().unwrap().to_string();
+    for delivery in ["d-10", "d-11", "x", "d-9 "] {
+        let replay = api
+            .raw(clip_callback(body, now, CLIPS_SECRET, delivery))
+            .await;
+        if delivery.trim() == "d-9" {
+            // The same delivery again (the source's own retry): the same event.
+            assert_eq!(replay.status, StatusCode::OK, "{}", replay.text);
+            assert_eq!(replay.json()["ids"][0], event_id.as_str());
+        } else {
+            assert_eq!(
+                replay.status,
+                StatusCode::CONFLICT,
+                "{delivery}: {}",
+                replay.text
+            );
+            assert_eq!(replay.json()["ids"], json!([]));
+        }
+    }
+    let mut without_id = clip_callback(body, now, CLIPS_SECRET, "");
+    without_id.headers_mut().remove("x-clips-delivery");
+    let reply = api.raw(without_id).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    assert!(reply.text.contains("x-clips-delivery"), "{}", reply.text);
+    // One event, one run.
+    let (_, events) = api.get("/v1/runs?function_id=on-clip").await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 1, "{events}");
+    // The source re-signs a retry with a new timestamp under the same delivery id: the same event.
+    let retry = api
+        .raw(clip_callback(body, now + 1, CLIPS_SECRET, "d-9"))
+        .await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text);
+    assert_eq!(retry.json()["ids"][0], event_id.as_str());
+}
+
 #[tokio::test]
 async fn bad_webhooks_are_refused_and_store_nothing() {
     let keys = Keys::open().with_webhook_secret("clips", CLIPS_SECRET);

@@ -861,6 +861,69 @@ async fn with_a_signing_key_the_dashboard_needs_it() {
             .unwrap()
             .contains("Max-Age=0")
     );
+    // ... and ends the session itself: a copy of the cookie no longer opens anything.
+    let reply = dash.get_with("/runs", &[("cookie", &cookie)]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Sessions carry a random id (two sign-ins in the same second differ), and failed sign-ins
+/// are throttled per client.
+#[tokio::test(start_paused = true)]
+async fn sessions_are_random_and_sign_in_is_throttled() {
+    let key = "dashboard-signing-key-0123456789";
+    let dash = start_with(Keys::parse(None, Some(key))).await;
+    let sign_in = |from: &'static str| {
+        let dash = &dash;
+        async move {
+            dash.post_form(
+                "/login",
+                &[("key", key), ("next", "/")],
+                &[("x-forwarded-for", from)],
+            )
+            .await
+        }
+    };
+    let first = sign_in("203.0.113.7").await;
+    let second = sign_in("203.0.113.7").await;
+    let cookie = |reply: &Reply| {
+        reply.headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(
+        cookie(&first),
+        cookie(&second),
+        "two sign-ins, two sessions"
+    );
+
+    let wrong = |from: &'static str| {
+        let dash = &dash;
+        async move {
+            dash.post_form(
+                "/login",
+                &[("key", "guess"), ("next", "/")],
+                &[("x-forwarded-for", from)],
+            )
+            .await
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(wrong("198.51.100.1").await.status, StatusCode::UNAUTHORIZED);
+    }
+    // The sixth try, even with the right key, waits.
+    let throttled = wrong("198.51.100.1").await;
+    assert_eq!(throttled.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(throttled.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(
+        sign_in("198.51.100.1").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another client is not held up.
+    assert_eq!(sign_in("192.0.2.5").await.status, StatusCode::SEE_OTHER);
+    // After the window, the client may try again.
+    tokio::time::advance(std::time::Duration::from_secs(16 * 60)).await;
+    assert_eq!(sign_in("198.51.100.1").await.status, StatusCode::SEE_OTHER);
 }
 
 #[tokio::test]
@@ -872,6 +935,20 @@ async fn without_a_signing_key_it_is_open() {
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert_eq!(reply.location(), "/functions");
     assert!(!dash.get("/runs").await.text.contains("Sign out"));
+    // Only paths on this site follow: what browsers would read as another host goes home.
+    for next in [
+        "/%09/evil.example",
+        "/%0A/evil.example",
+        "/%0d%0a/evil.example",
+        "//evil.example",
+        "/%5Cevil.example",
+        "https://evil.example",
+        "/%20/evil.example",
+    ] {
+        let reply = dash.get(&format!("/login?next={next}")).await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER, "{next}");
+        assert_eq!(reply.location(), "/", "{next}");
+    }
 }
 
 // ---- stats ----
