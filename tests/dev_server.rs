@@ -305,3 +305,21 @@ async fn the_clip_example_runs_against_the_built_in_fakes_and_their_webhook() {
     assert_eq!(run["output"]["clips"], 3);
     assert_eq!(step(&run, "task-finished")["kind"], "Wait");
 }
+
+/// Off loopback, an open dev server could be driven by anyone who reaches it: without a
+/// signing key `baton dev --host 0.0.0.0` refuses to start (before binding anything).
+#[test]
+fn an_exposed_bind_needs_a_signing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["dev", "--host", "0.0.0.0", "--port", "0", "--db"])
+        .arg(dir.path().join("baton.db"))
+        .env_remove("BATON_SIGNING_KEY")
+        .env_remove("BATON_HOST")
+        .output()
+        .expect("baton runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("BATON_SIGNING_KEY"), "{stderr}");
+    assert!(!dir.path().join("baton.db").exists(), "nothing was opened");
+}

@@ -429,9 +429,18 @@ impl App {
     /// `baton dev`: binds, lets the app set up its development services, starts the local
     /// runtime on the embedded store and serves the API and the dashboard until Ctrl-C.
     async fn serve(&self, args: DevArgs) -> anyhow::Result<()> {
+        let addr = SocketAddr::new(args.host, args.port);
+        // Off loopback, anyone who reaches the address could drive the server: it must
+        // check a signing key, and the dev webhook secrets (printed in the source) are off.
+        let exposed = !args.host.is_loopback();
+        if exposed && std::env::var_os("BATON_SIGNING_KEY").is_none_or(|k| k.is_empty()) {
+            anyhow::bail!(
+                "refusing to serve on {addr} without a signing key: set BATON_SIGNING_KEY \
+                 (and BATON_EVENT_KEY) to expose the server, or keep --host 127.0.0.1"
+            );
+        }
         let store = SqliteStore::open(&args.db, args.durability)
             .with_context(|| format!("opening the store at {}", args.db.display()))?;
-        let addr = SocketAddr::new(args.host, args.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
@@ -450,8 +459,16 @@ impl App {
             .await
             .context("starting the local runtime")?;
         let mut keys = Keys::from_env(runtime.engine().registry());
-        for (source, secret) in setup.webhook_secrets {
-            keys.webhook_secrets.entry(source).or_insert(secret);
+        if exposed {
+            if keys.event_keys.is_empty() {
+                eprintln!(
+                    "warning: serving on {addr} with no BATON_EVENT_KEY: anyone who reaches it may send events"
+                );
+            }
+        } else {
+            for (source, secret) in setup.webhook_secrets {
+                keys.webhook_secrets.entry(source).or_insert(secret);
+            }
         }
         let app = baton_http::router(runtime.engine().clone(), keys);
         println!(

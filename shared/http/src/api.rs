@@ -167,7 +167,6 @@ impl KeyDigests {
 
     /// The signing key's digest (the dashboard keys its session cookies with it), `None`
     /// when no key is configured.
-    #[cfg_attr(not(feature = "dashboard"), allow(dead_code))]
     pub(crate) fn signing_key_digest(&self) -> Option<&[u8; 32]> {
         self.signing_key.as_ref()
     }
@@ -246,12 +245,18 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
 
 /// `routes` with the fallbacks and limits every router has, and its state.
 pub(crate) fn finish(routes: Router<AppState>, state: AppState) -> Router {
-    routes
+    let open = state.keys.signing_key_digest().is_none();
+    let router = routes
         .fallback(not_found)
         // Bodies are read by the handlers themselves, with the engine's limits, so that a
         // too-large body gets the contract's 413 rather than axum's plain-text one.
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+        .with_state(state);
+    if open {
+        router.layer(axum::middleware::from_fn(crate::guard::open_server))
+    } else {
+        router
+    }
 }
 
 // ---- errors ----

@@ -8,10 +8,13 @@
 //! - [`api`]: the API's handlers, [`Keys`], errors.
 //! - [`dashboard`] (feature `dashboard`): the server-rendered pages.
 //! - [`stats`]: a function's figures over a window (the dashboard and `/v1/functions/{id}/stats`).
+//! - `guard`: what a server without a signing key refuses (other host names, cross-site
+//!   writes).
 
 pub mod api;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
+mod guard;
 pub mod routes;
 pub mod stats;
 

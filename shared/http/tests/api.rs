@@ -1496,3 +1496,106 @@ async fn bulk_replays_are_bounded_and_idempotent() {
     let (status, reply) = api.post_keyed(&uri, &"k".repeat(300), json!({})).await;
     assert_error(status, &reply, StatusCode::BAD_REQUEST, "Idempotency-Key");
 }
+
+/// The open server (no signing key, as `baton dev` runs) answers only loopback host names
+/// (DNS rebinding) and refuses writes from other sites (a page's `text/plain` POST needs no
+/// preflight). With a signing key, credentials decide instead.
+#[tokio::test]
+async fn an_open_server_refuses_other_hosts_and_cross_site_writes() {
+    let api = start().await;
+    let request = |method: Method, uri: &str, headers: &[(&str, &str)], body: &str| {
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(Body::from(body.to_owned())).unwrap()
+    };
+    let event = r#"{"name": "test/greet", "data": {"who": "mallory"}}"#;
+    let refused = [
+        request(
+            Method::GET,
+            "/v1/runs",
+            &[("host", "rebound.evil.example:8288")],
+            "",
+        ),
+        request(Method::GET, "/", &[("host", "192.168.1.20:8288")], ""),
+        request(
+            Method::POST,
+            "/e/dev",
+            &[
+                ("host", "127.0.0.1:8288"),
+                ("content-type", "text/plain"),
+                ("origin", "https://evil.example"),
+            ],
+            event,
+        ),
+        request(
+            Method::POST,
+            "/e/dev",
+            &[
+                ("host", "localhost:8288"),
+                ("content-type", "text/plain"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+            event,
+        ),
+        request(
+            Method::POST,
+            "/v1/cancellations",
+            &[("host", "127.0.0.1:8288"), ("origin", "null")],
+            r#"{"function_id": "napper"}"#,
+        ),
+    ];
+    for r in refused {
+        let what = format!("{} {} {:?}", r.method(), r.uri(), r.headers());
+        let reply = api.raw(r).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{what}: {}",
+            reply.text
+        );
+        assert!(
+            reply.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("signing key"),
+            "{what}"
+        );
+    }
+    let (_, runs) = api.get("/v1/runs?function_id=greet").await;
+    assert_eq!(runs["data"], json!([]), "nothing was stored");
+    // The same from the machine itself goes through.
+    let reply = api
+        .raw(request(
+            Method::POST,
+            "/e/dev",
+            &[
+                ("host", "127.0.0.1:8288"),
+                ("content-type", "application/json"),
+                ("origin", "http://127.0.0.1:8288"),
+            ],
+            event,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+
+    // A server with a signing key answers its own domain name.
+    let keyed = start_with(
+        Keys::parse(None, Some("k-0123456789")),
+        LocalOptions::default(),
+    )
+    .await;
+    let reply = keyed
+        .raw(request(
+            Method::GET,
+            "/v1/runs",
+            &[
+                ("host", "baton.example.com"),
+                ("authorization", "Bearer k-0123456789"),
+            ],
+            "",
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}
