@@ -99,6 +99,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use baton::error::StoreError;
 use baton::model::{
@@ -816,20 +817,40 @@ fn key(pk: &str, sk: &str) -> Item {
     ])
 }
 
+/// DynamoDB's key size limits (bytes): a partition key value up to 2048, a sort key value
+/// (tables and indexes) up to 1024.
+const MAX_PARTITION_KEY: usize = 2048;
+const MAX_SORT_KEY: usize = 1024;
+
+/// A key built from an id of any length, within DynamoDB's limit: a longer one keeps its
+/// start and ends in the SHA-256 of the whole, so it stays unique and every backend answers
+/// the same for it (absent, or stored) instead of a `ValidationException` here only.
+fn bounded(key: String, max: usize) -> String {
+    if key.len() <= max {
+        return key;
+    }
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    let mut keep = max - digest.len() - 2;
+    while !key.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}#~{digest}", &key[..keep])
+}
+
 fn event_pk(event_id: &str) -> String {
-    format!("EV#{event_id}")
+    bounded(format!("EV#{event_id}"), MAX_PARTITION_KEY)
 }
 
 fn idem_pk(idempotency_id: &str) -> String {
-    format!("IDEM#{idempotency_id}")
+    bounded(format!("IDEM#{idempotency_id}"), MAX_PARTITION_KEY)
 }
 
 fn run_pk(run_id: &str) -> String {
-    format!("RUN#{run_id}")
+    bounded(format!("RUN#{run_id}"), MAX_PARTITION_KEY)
 }
 
 fn step_sk(step_id: &str) -> String {
-    format!("{STEP_PREFIX}{step_id}")
+    bounded(format!("{STEP_PREFIX}{step_id}"), MAX_SORT_KEY)
 }
 
 fn chunk_sk(blob: &str, n: u32) -> String {
@@ -907,6 +928,9 @@ struct EntryItem {
     pk: String,
     #[serde(rename = "SK")]
     sk: String,
+    /// The entry's id when `SK` could not hold it whole ([`bounded`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
     value: String,
     version: u64,
     #[serde(with = "ts")]
@@ -915,11 +939,11 @@ struct EntryItem {
 }
 
 fn entry_pk(key: &str) -> String {
-    format!("KV#{key}")
+    bounded(format!("KV#{key}"), MAX_PARTITION_KEY)
 }
 
 fn entry_sk(id: &str) -> String {
-    format!("E#{id}")
+    bounded(format!("E#{id}"), MAX_SORT_KEY)
 }
 
 /// The condition expression for `expect` at `now`, if any.
@@ -1044,7 +1068,7 @@ const SUMMARY_ATTRIBUTES: [&str; 11] = [
 ];
 
 fn gsi1pk(function_id: &str) -> String {
-    format!("FN#{function_id}")
+    bounded(format!("FN#{function_id}"), MAX_PARTITION_KEY)
 }
 
 fn gsi2pk(status: RunStatus) -> String {
@@ -1052,7 +1076,7 @@ fn gsi2pk(status: RunStatus) -> String {
 }
 
 fn gsi3pk(event_id: &str) -> String {
-    format!("EVR#{event_id}")
+    bounded(format!("EVR#{event_id}"), MAX_PARTITION_KEY)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1495,11 +1519,11 @@ impl Store for DynamoStore {
             pk,
             sk: RUN_SK.to_owned(),
             gsi1pk: gsi1pk(&run.function_id),
-            gsi1sk: run.run_id.clone(),
+            gsi1sk: bounded(run.run_id.clone(), MAX_SORT_KEY),
             gsi2pk: gsi2pk(run.status),
-            gsi2sk: run.run_id.clone(),
+            gsi2sk: bounded(run.run_id.clone(), MAX_SORT_KEY),
             gsi3pk: gsi3pk(&run.event_id),
-            gsi3sk: run.run_id.clone(),
+            gsi3sk: bounded(run.run_id.clone(), MAX_SORT_KEY),
             run_id: run.run_id.clone(),
             function_id: run.function_id.clone(),
             event_id: run.event_id.clone(),
@@ -1797,9 +1821,11 @@ impl Store for DynamoStore {
         expect: Expect,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
+        let sk = entry_sk(&entry.id);
         let item = to_item(&EntryItem {
             pk: entry_pk(&entry.key),
-            sk: entry_sk(&entry.id),
+            id: (sk != format!("E#{}", entry.id)).then(|| entry.id.clone()),
+            sk,
             value: serde_json::to_string(&entry.value).map_err(|e| corrupt("entry value", e))?,
             version: entry.version,
             expires_at: entry.expires_at,
@@ -1841,7 +1867,9 @@ impl Store for DynamoStore {
             }
             out.push(Entry {
                 key: key.to_owned(),
-                id: item.sk.strip_prefix("E#").unwrap_or(&item.sk).to_owned(),
+                id: item
+                    .id
+                    .unwrap_or_else(|| item.sk.strip_prefix("E#").unwrap_or(&item.sk).to_owned()),
                 value: serde_json::from_str(&item.value).map_err(|e| corrupt("entry value", e))?,
                 version: item.version,
                 expires_at: item.expires_at,

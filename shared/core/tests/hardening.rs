@@ -258,3 +258,60 @@ async fn a_huge_error_message_is_cut_and_a_huge_event_id_refused() {
         "{e}"
     );
 }
+
+/// A queue that refuses every send while `down` is set.
+struct FlakyQueue {
+    down: std::sync::atomic::AtomicBool,
+    sent: std::sync::Mutex<Vec<baton::queue::Envelope>>,
+}
+
+#[async_trait::async_trait]
+impl baton::queue::Queue for FlakyQueue {
+    async fn send(
+        &self,
+        batch: Vec<baton::queue::Envelope>,
+    ) -> Result<(), baton::error::QueueError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(baton::error::QueueError::Backend("queue down".into()));
+        }
+        self.sent.lock().unwrap().extend(batch);
+        Ok(())
+    }
+}
+
+/// A batch that fails partway says which events were stored; their runs exist and the
+/// sweeper starts them once the queue is back, so nothing is lost and nothing needs resending
+/// but the rest.
+#[tokio::test(start_paused = true)]
+async fn a_batch_failing_partway_names_what_it_stored() {
+    let f = Function::new("any")
+        .trigger("t/batch")
+        .handler(|_ctx: Ctx, _e: Event<Value>| async move { Ok::<_, Error>(()) });
+    let queue = Arc::new(FlakyQueue {
+        down: true.into(),
+        sent: Default::default(),
+    });
+    let store = Arc::new(MemoryStore::new());
+    let engine = baton::Engine::new(
+        Registry::new().register(f).unwrap(),
+        store.clone(),
+        queue.clone(),
+        baton::EngineConfig::default(),
+    );
+    let events: Vec<NewEvent> = (0..3)
+        .map(|i| NewEvent::new("t/batch", json!({"i": i})))
+        .collect();
+    let (ids, result) = engine.send_events_partial(events).await;
+    assert!(matches!(result, Err(EngineError::Queue(_))), "{result:?}");
+    assert_eq!(ids.len(), 3, "every stored event is named");
+    for id in &ids {
+        let run = baton::Store::get_run(&*store, &run_id_for(id, "any"))
+            .await
+            .unwrap()
+            .expect("its run exists");
+        assert_eq!(run.status, RunStatus::Queued);
+    }
+    queue.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(engine.sweep(None).await.unwrap(), 3);
+    assert_eq!(queue.sent.lock().unwrap().len(), 3);
+}

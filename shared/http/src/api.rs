@@ -700,7 +700,26 @@ async fn send_events(
         })?;
         events.push(event);
     }
-    let ids = engine.send_events(events).await?;
+    let total = events.len();
+    let names: Vec<String> = events.iter().map(|e| e.name.clone()).collect();
+    let (ids, result) = engine.send_events_partial(events).await;
+    if let Err(e) = result {
+        let ApiError { status, message } = e.into();
+        if ids.is_empty() {
+            return Err(EventError(ApiError::new(status, message)));
+        }
+        // The stored ones are named, so the sender resends only the rest.
+        let message = format!(
+            "{} of {total} events were stored (their ids are listed; their runs start); the rest were not: {message}",
+            ids.len()
+        );
+        return Ok((
+            status,
+            axum::Json(json!({"ids": ids, "status": status.as_u16(), "error": message})),
+        )
+            .into_response());
+    }
+    engine.cancel_runs_for(&names, &ids).await?;
     Ok((
         StatusCode::OK,
         axum::Json(json!({"ids": ids, "status": 200})),

@@ -58,6 +58,7 @@ where
         runs_do_not_interfere,
         entries_conditions,
         entries_listing_and_expiry,
+        ids_of_any_length,
     );
     // The concurrent checks spawn tasks, so they need a shared store.
     macro_rules! concurrent_checks {
@@ -1666,6 +1667,95 @@ pub async fn entries_conditions(store: &dyn Store) {
             .expect("list"),
         vec![e4],
         "the overwritten entry is listed"
+    );
+}
+
+/// Ids of any length (a caller's path parameter, a sender's idempotency id) are answered like
+/// any other: absent when nothing has them, stored and read back when written. A backend
+/// with key size limits (DynamoDB) must not turn them into errors.
+pub async fn ids_of_any_length(store: &dyn Store) {
+    let long = |tag: &str| format!("{tag}{}", "é".repeat(2500));
+    assert_eq!(store.get_event(&long("ev")).await.expect("get_event"), None);
+    assert_eq!(store.get_run(&long("run")).await.expect("get_run"), None);
+    assert!(
+        store
+            .journal(&long("run"))
+            .await
+            .expect("journal")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .get_step(&long("run"), &long("step"))
+            .await
+            .expect("get_step"),
+        None
+    );
+    assert!(
+        store
+            .runs_for_event(&long("ev"))
+            .await
+            .expect("runs_for_event")
+            .is_empty()
+    );
+    let page = store
+        .list_runs(&RunQuery {
+            function_id: Some(long("fn")),
+            cursor: Some(long("cursor")),
+            ..RunQuery::default()
+        })
+        .await
+        .expect("list_runs");
+    assert!(page.runs.is_empty() && page.cursor.is_none());
+
+    // Two long idempotency ids that share their first 4 KB are still two ids.
+    let (a, b) = (long("idem-a"), format!("{}b", long("idem-a")));
+    let until = at(3600);
+    assert_eq!(
+        store
+            .claim_idempotency_id(&a, "e-a", at(0), until)
+            .await
+            .expect("claim"),
+        None
+    );
+    assert_eq!(
+        store
+            .claim_idempotency_id(&b, "e-b", at(0), until)
+            .await
+            .expect("claim"),
+        None
+    );
+    assert_eq!(
+        store
+            .claim_idempotency_id(&a, "e-c", at(1), until)
+            .await
+            .expect("claim"),
+        Some("e-a".to_string())
+    );
+
+    let entry = Entry {
+        key: long("key"),
+        id: long("id"),
+        value: json!({"n": 1}),
+        version: 1,
+        expires_at: at(3600),
+    };
+    assert!(
+        store
+            .put_entry(&entry, Expect::Absent, at(0))
+            .await
+            .expect("put_entry")
+    );
+    let listed = store
+        .list_entries(&entry.key, "", at(1), 10)
+        .await
+        .expect("list_entries");
+    assert_eq!(listed, vec![entry.clone()]);
+    assert!(
+        store
+            .delete_entry(&entry.key, &entry.id, Expect::Any, at(2))
+            .await
+            .expect("delete_entry")
     );
 }
 

@@ -242,6 +242,19 @@ impl Engine {
         self.submit(events, false).await
     }
 
+    /// [`Engine::send_events`] that, when the store or queue fails partway through a batch,
+    /// also says which events were stored (in order, a prefix of the batch): each of those
+    /// has its runs started (or left Queued for the sweeper), so a sender resends only the
+    /// rest. Invalid input still stores nothing.
+    /// Then call [`Engine::cancel_runs_for`] with the stored events (what
+    /// [`Engine::send_events`] does itself).
+    pub async fn send_events_partial(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> (Vec<String>, Result<(), EngineError>) {
+        self.ingest_partial(events, false).await
+    }
+
     /// [`Engine::send_events`]; `internal` allows the engine's own event names.
     pub(crate) async fn submit(
         &self,
@@ -249,9 +262,21 @@ impl Engine {
         internal: bool,
     ) -> Result<Vec<String>, EngineError> {
         let names: Vec<String> = events.iter().map(|e| e.name.clone()).collect();
-        let ids = self.ingest(events, internal).await?;
+        let (ids, result) = self.ingest_partial(events, internal).await;
+        result?;
+        self.cancel_runs_for(&names, &ids).await?;
+        Ok(ids)
+    }
+
+    /// Cancels the runs that stored events (`names` and `ids` in order) cancel
+    /// ([`Function::cancel_on`]).
+    pub async fn cancel_runs_for(
+        &self,
+        names: &[String],
+        ids: &[String],
+    ) -> Result<(), EngineError> {
         // Events that cancel runs ([`Function::cancel_on`]); the engine's own events do not.
-        for (name, id) in names.iter().zip(&ids) {
+        for (name, id) in names.iter().zip(ids) {
             let listened = self
                 .registry()
                 .functions()
@@ -262,7 +287,7 @@ impl Engine {
                 }
             }
         }
-        Ok(ids)
+        Ok(())
     }
 
     /// A cron tick: the event [`SCHEDULED`] for `function_id` at `scheduled_at`, with an id of
@@ -300,34 +325,59 @@ impl Engine {
 
     /// The engine's own events (reserved names allowed).
     async fn emit(&self, event: NewEvent) -> Result<String, EngineError> {
-        Ok(self.ingest(vec![event], true).await?.remove(0))
+        let (mut ids, result) = self.ingest_partial(vec![event], true).await;
+        result?;
+        Ok(ids.remove(0))
     }
 
-    async fn ingest(
+    /// Validates every event, then stores them one by one. The starts of the runs they create
+    /// are sent in one batch at the end, or, when a write fails partway, for the events
+    /// stored so far before the error is returned with their ids.
+    async fn ingest_partial(
         &self,
         events: Vec<NewEvent>,
         internal: bool,
-    ) -> Result<Vec<String>, EngineError> {
+    ) -> (Vec<String>, Result<(), EngineError>) {
         if events.len() > self.limits().max_events_per_request {
-            return Err(EngineError::Invalid(format!(
+            let error = EngineError::Invalid(format!(
                 "{} events in one request, over the limit of {}",
                 events.len(),
                 self.limits().max_events_per_request
-            )));
+            ));
+            return (Vec::new(), Err(error));
         }
-        for event in &events {
-            self.validate_event(event, internal)?;
+        if let Some(error) = events
+            .iter()
+            .find_map(|e| self.validate_event(e, internal).err())
+        {
+            return (Vec::new(), Err(error));
         }
         let mut ids = Vec::with_capacity(events.len());
         let mut starts = Vec::new();
+        let mut failure = None;
         for event in events {
-            let (record, duplicate) = self.store_event(event).await?;
-            starts.extend(self.create_runs(&record, duplicate).await?);
-            self.resume_waits(&record).await?;
-            ids.push(record.id);
+            let stored = async {
+                let (record, duplicate) = self.store_event(event).await?;
+                let event_starts = self.create_runs(&record, duplicate).await?;
+                self.resume_waits(&record).await?;
+                Ok::<_, EngineError>((record.id, event_starts))
+            };
+            match stored.await {
+                Ok((id, event_starts)) => {
+                    ids.push(id);
+                    starts.extend(event_starts);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
         }
-        self.send(starts).await?;
-        Ok(ids)
+        let sent = self.send(starts).await;
+        match (failure, sent) {
+            (Some(e), _) | (None, Err(e)) => (ids, Err(e)),
+            (None, Ok(())) => (ids, Ok(())),
+        }
     }
 
     /// Stores one event, honouring its idempotency id. Returns the stored event and whether
