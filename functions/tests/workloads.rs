@@ -223,6 +223,7 @@ async fn a_webhook_with_a_bad_signature_is_401_and_resumes_nothing() {
             .header("content-type", "application/json")
             .header("x-clips-signature", signature)
             .header("x-clips-timestamp", ts.to_string())
+            .header("x-clips-delivery", "delivery-under-test")
             .body(body.clone())
             .send()
     };
