@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "support/contract.rs"]
+mod contract;
+
 struct DevServer {
     child: Child,
     url: String,
@@ -220,35 +223,15 @@ async fn a_run_killed_with_sigkill_mid_sleep_finishes_after_restart() {
 }
 
 #[tokio::test]
-async fn bad_events_get_the_contract_errors_and_store_nothing() {
+async fn the_api_contract_holds() {
     let dir = tempfile::tempdir().unwrap();
     let server = DevServer::start(&dir.path().join("baton.db"));
-    let client = reqwest::Client::new();
-    let url = format!("{}/e/k", server.url);
-    let malformed = client.post(&url).body("{not json").send().await.unwrap();
-    assert_eq!(malformed.status().as_u16(), 400);
-    let body: Value = malformed.json().await.unwrap();
-    assert_eq!(
-        (
-            body["status"].as_u64(),
-            body["ids"].as_array().map(Vec::len)
-        ),
-        (Some(400), Some(0))
-    );
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
-    let (status, _) = post(&url, json!({"data": {}})).await;
-    assert_eq!(status, 400);
-    let (status, body) = post(&url, json!({"name": "baton/function.failed"})).await;
-    assert_eq!(status, 400, "{body}");
-    let big = "x".repeat(300 * 1024);
-    let (status, body) = post(
-        &url,
-        json!({"name": "demo/order.placed", "data": {"blob": big}}),
-    )
+    contract::check(&contract::Target {
+        url: &server.url,
+        event_key: "k",
+        signing_key: None,
+    })
     .await;
-    assert_eq!(status, 413, "{body}");
-    let runs = get(&format!("{}/v1/runs", server.url)).await;
-    assert_eq!(runs["data"], json!([]));
 }
 
 #[tokio::test]

@@ -674,6 +674,26 @@ fn function_id(name: &str) -> String {
     format!("{}Function", pascal(name))
 }
 
+/// The logical id, in the generated template, of the Lambda that consumes `queue`: the
+/// function's continue handler, the step's handler, or the relay of a step hosted on Vercel.
+/// (Every dead-letter queue is consumed by `DeadLettersFunction`.) What a driver playing
+/// Lambda's event source mappings under `sam local invoke` needs.
+pub fn consumer_of(registry: &Registry, queue: &QueueName) -> String {
+    match queue {
+        QueueName::Continue { function_id: f } => function_id(&format!("continue-{f}")),
+        QueueName::Step {
+            function_id: f,
+            step,
+        } => {
+            let relayed = vercel_steps(registry)
+                .iter()
+                .any(|(function, s, _)| function.id == *f && s == step);
+            let kind = if relayed { "relay" } else { "step" };
+            function_id(&format!("{kind}-{f}--{step}"))
+        }
+    }
+}
+
 fn template(registry: &Registry) -> anyhow::Result<String> {
     // Room for the prefix: the longest tail must still fit the plain form.
     let queue_list: Vec<QueueName> = all_queues(registry);
@@ -825,6 +845,19 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
     w(
         "    Description: The sweeper re-drives runs that made no progress for this long (BATON_STALE_AFTER_S)",
     );
+    w("  EndpointUrl:");
+    w("    Type: String");
+    w("    Default: \"\"");
+    w(&format!(
+        "    AllowedPattern: {}",
+        q("^(https?://[A-Za-z0-9.-]+(:[0-9]+)?)?$")
+    ));
+    w(
+        "    Description: Leave empty on AWS. For `sam local` against an emulator (e.g. moto), its URL as the Lambda containers reach it (AWS_ENDPOINT_URL; queue URLs are then {EndpointUrl}/{account}/{name})",
+    );
+    w("");
+    w("Conditions:");
+    w("  Emulated: !Not [!Equals [!Ref EndpointUrl, \"\"]]");
     w("");
     w("Globals:");
     w("  Function:");
@@ -837,9 +870,11 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
     w("      Variables:");
     w("        BATON_TABLE: !Ref Table");
     w("        BATON_QUEUE_PREFIX: !Ref QueuePrefix");
-    w(
-        "        BATON_QUEUE_URL_PREFIX: !Sub \"https://sqs.${AWS::Region}.amazonaws.com/${AWS::AccountId}/\"",
-    );
+    w("        BATON_QUEUE_URL_PREFIX: !If");
+    w("          - Emulated");
+    w("          - !Sub \"${EndpointUrl}/${AWS::AccountId}/\"");
+    w("          - !Sub \"https://sqs.${AWS::Region}.amazonaws.com/${AWS::AccountId}/\"");
+    w("        AWS_ENDPOINT_URL: !Ref EndpointUrl");
     w("");
     w("Resources:");
     w("  # The store (layout: shared/src/store/dynamodb.rs). Kept when the stack is deleted.");

@@ -54,6 +54,7 @@ pub fn table_indexes() -> Vec<IndexDef> {
 }
 
 async fn sdk_config(
+    endpoint: &str,
     meter: &CostMeter,
 ) -> (
     aws_sdk_dynamodb::Client,
@@ -61,7 +62,7 @@ async fn sdk_config(
     aws_sdk_dynamodb::Client,
 ) {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "test", "test", None, None, "static",
         ))
@@ -96,24 +97,30 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// A fresh table and fresh queues (a unique prefix) for `registry`.
+    /// A fresh table and fresh queues (a unique prefix) for `registry`, on the moto server at
+    /// [`endpoint`].
     pub async fn start(registry: Registry, config: EngineConfig) -> Self {
+        Self::start_at(&endpoint(), registry, config).await
+    }
+
+    /// The same on the moto server at `endpoint` (the SAM tests' one listens where Lambda
+    /// containers reach it).
+    pub async fn start_at(endpoint: &str, registry: Registry, config: EngineConfig) -> Self {
         let meter = CostMeter::new(table_indexes());
-        let (dynamodb, sqs, unmetered) = sdk_config(&meter).await;
+        let (dynamodb, sqs, unmetered) = sdk_config(endpoint, &meter).await;
         let id = ulid::Ulid::new().to_string().to_lowercase();
         let table = format!("baton-e2e-{id}");
         let store = DynamoStore::new(dynamodb, table.clone());
         let observer = DynamoStore::new(unmetered, table);
         let hint = format!(
-            "is a moto server running at {}? `scripts/moto` starts one (scripts/test does)",
-            endpoint()
+            "is a moto server running at {endpoint}? `scripts/moto` starts one (scripts/test does)"
         );
         store
             .create_table()
             .await
             .unwrap_or_else(|e| panic!("create table: {e}; {hint}"));
         let prefix = format!("e2e{}-", &id[id.len() - 10..]);
-        let naming = QueueNaming::new(prefix, format!("{}/{ACCOUNT}/", endpoint()));
+        let naming = QueueNaming::new(prefix, format!("{endpoint}/{ACCOUNT}/"));
         let queue = SqsQueue::new(sqs, naming);
         let queues = registry.queues();
         queue
