@@ -220,6 +220,13 @@ impl Stack {
             !stderr.contains("panicked"),
             "{function} panicked:\n{stderr}"
         );
+        assert!(
+            !stderr.contains("No response from invoke container"),
+            "sam local invoke {function}: the emulator did not answer. With a Docker engine of \
+             your own, run dockerd with --userland-proxy=false (as scripts/sam-local does): \
+             through docker-proxy SAM's wait for the emulator passes before the emulator, slow \
+             to start under qemu, listens.\n{stderr}"
+        );
         serde_json::from_str(stdout.trim())
             .unwrap_or_else(|e| panic!("{function} answered no JSON ({e}): {stdout:?}\n{stderr}"))
     }
