@@ -11,7 +11,8 @@
 //!
 //! - `baton dev`: the local dev server (engine, embedded SQLite store, in-process queue, the
 //!   API and the dashboard) with the app's functions.
-//! - `baton generate [--check]`: the deployment files from the registry (`baton_deploy`).
+//! - `baton generate [--check | --idle-cost]`: the deployment files from the registry
+//!   (`baton_deploy`), or what the stack costs idle.
 //! - `baton send`, `runs`, `run` (`--follow`), `cancel`, `replay`, `functions`: the API's
 //!   operations against the dev server or, with `--url`, a deployment ([`remote`]).
 
@@ -291,6 +292,9 @@ struct GenerateArgs {
     /// Compare instead of writing: exit non-zero listing the files that differ.
     #[arg(long)]
     check: bool,
+    /// Print what the generated stack costs in a month with no traffic, and nothing else.
+    #[arg(long, conflicts_with = "check")]
+    idle_cost: bool,
     /// The workspace root (holding template.yaml, the app's package and vercel/).
     #[arg(long, default_value = ".")]
     root: PathBuf,
@@ -399,6 +403,10 @@ fn init_tracing() {
 
 fn generate(args: GenerateArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
     registry.check()?;
+    if args.idle_cost {
+        print!("{}", baton_deploy::idle::idle_cost(registry));
+        return Ok(ExitCode::SUCCESS);
+    }
     let layout = baton_deploy::Layout::discover_in(&args.root, &args.app)?;
     if args.check {
         let drift = baton_deploy::check(&args.root, &layout, registry)?;

@@ -161,7 +161,7 @@ async fn dispatch(
             deliveries.clone(),
         );
         tokio::spawn(async move {
-            let result = engine.handle(message.clone()).await;
+            let result = engine.handle_local(message.clone()).await;
             drop(permit);
             let error = match result {
                 Ok(()) => {

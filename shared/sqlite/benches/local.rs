@@ -20,7 +20,8 @@
 //!   `send_events` call began (this includes ingesting the rest of its batch).
 //!
 //! Every store call the engine makes is also timed (a wrapper around the store): that latency
-//! is waiting for the single connection, the blocking-pool hop, and SQLite itself.
+//! is waiting for a connection (a reader, or the writer's next group commit), the blocking-pool hop,
+//! and SQLite itself.
 //!
 //! This is a benchmark, not a test: it asserts nothing about time.
 
@@ -64,11 +65,11 @@ const USAGE: &str = "usage: cargo bench -p baton --bench local -- [--runs N] \
 
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
-        runs: 500,
+        runs: 1000,
         durabilities: vec![Durability::Full, Durability::Normal],
-        concurrency: LocalOptions::default().concurrency,
+        concurrency: 50,
         batch: 100,
-        sequential: 20,
+        sequential: 50,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -314,11 +315,17 @@ impl Store for TimedStore {
     }
 }
 
-/// Whether a store operation writes (commits, so fsyncs under `Full`).
+/// Whether a store operation writes (goes to the writer's group commit).
 fn is_write(op: &str) -> bool {
     !matches!(
         op,
-        "get_event" | "get_run" | "list_runs" | "runs_for_event" | "journal"
+        "get_event"
+            | "get_run"
+            | "list_runs"
+            | "runs_for_event"
+            | "journal"
+            | "get_step"
+            | "list_entries"
     )
 }
 
@@ -422,6 +429,10 @@ struct Report {
     first_step: Vec<u64>,
     in_step: Vec<u64>,
     run_end: Vec<u64>,
+    /// The run's `ended_at` minus the start of its `send_events` call.
+    event_to_end: Vec<u64>,
+    /// Transactions the store committed (each one fsync under `full`).
+    commits: u64,
     peak_rss: Option<u64>,
     /// CPU time (user, system) the process spent during the scenario.
     cpu: Option<(Duration, Duration)>,
@@ -463,6 +474,7 @@ async fn scenario(
     let engine = rt.engine().clone();
 
     stats.take();
+    let commits_before = raw.commits();
     let messages_before = rt.messages_sent();
     let rss_before = proc_status_bytes("VmRSS:");
     let peak_reset = reset_peak_rss();
@@ -544,6 +556,7 @@ async fn scenario(
         .map(|((u1, s1), (u0, s0))| (u1.saturating_sub(u0), s1.saturating_sub(s0)));
     let threads = proc_status("Threads:");
     let messages = rt.messages_sent() - messages_before;
+    let commits = raw.commits() - commits_before;
     let peak_rss = if peak_reset {
         proc_status_bytes("VmHWM:")
     } else {
@@ -569,6 +582,8 @@ async fn scenario(
         first_step: Vec::new(),
         in_step: Vec::new(),
         run_end: Vec::new(),
+        event_to_end: Vec::new(),
+        commits,
         peak_rss,
         cpu,
         threads,
@@ -593,6 +608,7 @@ async fn scenario(
         }
         if let Some(ended) = detail.run.ended_at {
             last_end = last_end.max(ended);
+            report.event_to_end.push(micros(ended - *sent_at));
         }
         let done: Vec<&StepRecord> = detail
             .steps
@@ -625,6 +641,7 @@ async fn scenario(
         &mut report.first_step,
         &mut report.in_step,
         &mut report.run_end,
+        &mut report.event_to_end,
     ] {
         v.sort_unstable();
     }
@@ -673,7 +690,8 @@ fn describe(durability: Durability) -> &'static str {
     }
 }
 
-fn print_table(reports: &[Report]) {
+/// `commit_rate`: single-row commits per second on this disk, by durability (calibrated).
+fn print_table(reports: &[Report], commit_rate: &BTreeMap<&'static str, f64>) {
     const LABEL: usize = 34;
     const COL: usize = 17;
     let row = |label: &str, cells: Vec<String>| {
@@ -717,7 +735,25 @@ fn print_table(reports: &[Report]) {
         "durable steps / s",
         cells(&|r| per_sec(r.steps_completed, r.wall)),
     );
+    row(
+        "  x single-row commit rate",
+        cells(&|r| match commit_rate.get(r.durability.as_str()) {
+            Some(rate) if !r.wall.is_zero() => format!(
+                "{:.2}x",
+                r.steps_completed as f64 / r.wall.as_secs_f64() / rate
+            ),
+            _ => "-".into(),
+        }),
+    );
     row("runs / s", cells(&|r| per_sec(r.runs_completed, r.wall)));
+    row(
+        "event -> run end  p50",
+        cells(&|r| pct(&r.event_to_end, 0.50)),
+    );
+    row(
+        "event -> run end  p99",
+        cells(&|r| pct(&r.event_to_end, 0.99)),
+    );
     row("step -> step  p50", cells(&|r| pct(&r.hop, 0.50)));
     row("step -> step  p99", cells(&|r| pct(&r.hop, 0.99)));
     row("step -> step  max", cells(&|r| pct(&r.hop, 1.0)));
@@ -774,7 +810,7 @@ fn print_table(reports: &[Report]) {
         }),
     );
     row(
-        "store commits / step",
+        "store writes / step",
         cells(&|r| {
             let writes: usize = r
                 .ops
@@ -784,6 +820,10 @@ fn print_table(reports: &[Report]) {
                 .sum();
             format!("{:.2}", writes as f64 / r.steps_completed.max(1) as f64)
         }),
+    );
+    row(
+        "store commits (fsyncs) / step",
+        cells(&|r| format!("{:.2}", r.commits as f64 / r.steps_completed.max(1) as f64)),
     );
     row(
         "RSS before -> peak (VmHWM)",
@@ -889,13 +929,17 @@ fn main() {
     }
     println!();
     print!("single-row SQLite commit on this disk (no engine, 200 commits):");
+    let mut commit_rate = BTreeMap::new();
     for durability in &options.durabilities {
         match calibrate(*durability, 200) {
-            Some(d) => print!(
-                "  {durability}: {} ({:.0} commits/s)",
-                fmt_us(Some(d.as_micros() as u64)),
-                1.0 / d.as_secs_f64().max(1e-9)
-            ),
+            Some(d) => {
+                let rate = 1.0 / d.as_secs_f64().max(1e-9);
+                commit_rate.insert(durability.as_str(), rate);
+                print!(
+                    "  {durability}: {} ({rate:.0} commits/s)",
+                    fmt_us(Some(d.as_micros() as u64)),
+                )
+            }
             None => print!("  {durability}: failed"),
         }
     }
@@ -921,7 +965,7 @@ fn main() {
         }
     }
 
-    print_table(&reports);
+    print_table(&reports, &commit_rate);
     for report in &reports {
         print_ops(report);
     }
@@ -934,7 +978,7 @@ fn main() {
          (load: includes ingesting the rest of the batch)."
     );
     println!(
-        "store call latency = wait for the single SQLite connection + blocking-pool hop + SQLite (+ fsync); (w) = commits."
+        "store call latency = wait for a reader or the next group commit + blocking-pool hop + SQLite (+ fsync); (w) = writes."
     );
     println!(
         "RSS: VmHWM is reset (/proc/self/clear_refs) before each scenario; the allocator keeps freed memory, so later \

@@ -2,12 +2,17 @@
 //! [`Store`] contract is one `INSERT ... ON CONFLICT DO NOTHING` or `UPDATE ... WHERE`, and
 //! whether a row changed is the answer.
 //!
+//! Writes go to one connection on a thread of its own ([`writer`]) that group-commits them:
+//! what arrives while a commit is syncing shares the next transaction and its one fsync, and
+//! nothing is answered before its commit. Reads use a few other connections (WAL), so they
+//! never wait for a write.
+//!
 //! Timestamps are stored as RFC 3339 text with nanoseconds and a `Z` suffix: fixed width, so
 //! text order is time order (for years 0000-9999), readable in the `sqlite3` shell, and a
 //! `DateTime<Utc>` reads back equal to what was written.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +31,8 @@ use baton::model::{
 };
 use baton::store::{Store, StoreResult};
 use baton::store::{expect_holds, page_size};
+
+mod writer;
 
 /// How hard a commit tries to reach the disk. The journal is always in WAL mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -65,11 +72,34 @@ impl FromStr for Durability {
     }
 }
 
-/// A SQLite database behind one connection. Cloning shares the connection.
-#[derive(Debug, Clone)]
+/// A SQLite database: one writer connection on its own thread, where concurrent writes are
+/// group-committed (see [`writer`]), and a few reader connections that never wait for it (WAL
+/// lets readers see the last commit while a write is in progress). Cloning shares them.
+#[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    writer: writer::Writer,
+    /// `None` for an in-memory database, which only its one connection can see: reads then
+    /// go through the writer.
+    readers: Option<Arc<Readers>>,
 }
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("readers", &self.readers.as_ref().map(|r| r.path.clone()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reader connections, opened on demand, at most [`READERS`] at once.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: tokio::sync::Semaphore,
+}
+
+/// How many reads run at once (each on its own connection, off the async runtime).
+const READERS: usize = 4;
 
 /// How long a statement waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,34 +199,81 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(backend)?;
-        Self::init(conn)
+        let readers = Readers {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(READERS),
+        };
+        Self::init(conn, Some(Arc::new(readers)))
     }
 
     /// A private in-memory database, for tests. Nothing is durable.
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory().map_err(backend)?)
+        Self::init(Connection::open_in_memory().map_err(backend)?, None)
     }
 
-    fn init(conn: Connection) -> Result<Self, StoreError> {
+    fn init(conn: Connection, readers: Option<Arc<Readers>>) -> Result<Self, StoreError> {
         conn.execute_batch(SCHEMA).map_err(backend)?;
         migrate(&conn)?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: writer::Writer::start(conn)?,
+            readers,
         })
     }
 
-    /// Runs `f` on the connection off the async runtime: SQLite calls block (fsync).
-    async fn with_conn<T, F>(&self, f: F) -> StoreResult<T>
+    /// Transactions the writer has committed since the store was opened (each is one fsync
+    /// under [`Durability::Full`]; concurrent writes share them).
+    pub fn commits(&self) -> u64 {
+        self.writer.commits()
+    }
+
+    /// Runs a write on the writer's connection, in the transaction of the next group commit;
+    /// answers once that transaction is on disk (or failed: then with its error). `f` is
+    /// atomic: an error it returns undoes what it wrote, and only that.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        let answer = self.writer.submit(f);
+        // Waited for on the blocking pool rather than as a bare future: while it waits, a
+        // runtime on paused time (the tests') must not think itself idle and jump the clock.
+        let task = tokio::task::spawn_blocking(move || answer.wait());
+        match task.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(e) => Err(StoreError::Backend(format!("store task failed: {e}"))),
+        }
+    }
+
+    /// Runs a read on a reader connection (never behind the writer), off the async runtime.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let Some(readers) = &self.readers else {
+            return self.write(f).await;
+        };
+        let _permit = readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| StoreError::Backend(format!("store readers closed: {e}")))?;
+        let readers = Arc::clone(readers);
         let task = tokio::task::spawn_blocking(move || {
-            // Each operation is one statement or one transaction, which SQLite rolls back
-            // if it did not finish, so a poisoned lock still guards a consistent connection.
-            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut conn)
+            let idle = readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => open_reader(&readers.path)?,
+            };
+            let result = f(&conn);
+            readers
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            result
         });
         match task.await {
             Ok(result) => result,
@@ -204,6 +281,16 @@ impl SqliteStore {
             Err(e) => Err(StoreError::Backend(format!("store task failed: {e}"))),
         }
     }
+}
+
+fn open_reader(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(backend)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+    Ok(conn)
 }
 
 /// Brings a database written by an earlier version up to [`SCHEMA`].
@@ -460,11 +547,10 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<String>> {
         let (idempotency_id, event_id) = (idempotency_id.to_owned(), event_id.to_owned());
         let (now, expires_at) = (ts(now), ts(expires_at));
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             // The upsert takes a free or expired claim; when it changes nothing, an unexpired
             // claim exists and is read in the same transaction, so it is the one that won.
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(backend)?;
-            let claimed = tx
+            let claimed = conn
                 .exec_cached(
                     "INSERT INTO idempotency (idempotency_id, event_id, expires_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT (idempotency_id) DO UPDATE
@@ -478,7 +564,7 @@ impl Store for SqliteStore {
                 None
             } else {
                 Some(
-                    tx.query_row_cached(
+                    conn.query_row_cached(
                         "SELECT event_id FROM idempotency WHERE idempotency_id = ?1",
                         [&idempotency_id],
                         |row| row.get(0),
@@ -486,7 +572,6 @@ impl Store for SqliteStore {
                     .map_err(backend)?,
                 )
             };
-            tx.commit().map_err(backend)?;
             Ok(holder)
         })
         .await
@@ -502,7 +587,7 @@ impl Store for SqliteStore {
             event.v.clone(),
             event.idempotency_id.clone(),
         );
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let n = conn
                 .exec_cached(
                     "INSERT INTO events (event_id, name, data, ts, user, v, idempotency_id)
@@ -517,7 +602,7 @@ impl Store for SqliteStore {
 
     async fn get_event(&self, event_id: &str) -> StoreResult<Option<EventRecord>> {
         let event_id = event_id.to_owned();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let row = conn
                 .query_row_cached(
                     "SELECT event_id, name, data, ts, user, v, idempotency_id FROM events WHERE event_id = ?1",
@@ -567,7 +652,7 @@ impl Store for SqliteStore {
             event: json(&run.event)?,
             event_name: Some(run.event.name.clone()),
         };
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let n = conn
                 .exec_cached(
                     &format!(
@@ -597,7 +682,7 @@ impl Store for SqliteStore {
 
     async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
         let run_id = run_id.to_owned();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             conn.query_row_cached(
                 &format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"),
                 [&run_id],
@@ -628,7 +713,7 @@ impl Store for SqliteStore {
             "UPDATE runs SET status = ?1, ended_at = ?2, output = ?3, error = ?4
              WHERE run_id = ?5 AND status IN ({from})"
         );
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             Ok(conn
                 .exec_cached(&sql, params_from_iter(values))
                 .map_err(backend)?
@@ -639,7 +724,7 @@ impl Store for SqliteStore {
 
     async fn set_progress(&self, run_id: &str, progress: &Progress) -> StoreResult<bool> {
         let (run_id, progress) = (run_id.to_owned(), json(progress)?);
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let n = conn
                 .exec_cached(
                     &format!(
@@ -686,7 +771,7 @@ impl Store for SqliteStore {
         let columns = summary_columns(query.with_output);
         let sql = format!("SELECT {columns} FROM runs {where_clause} ORDER BY run_id DESC LIMIT ?");
         let rows = self
-            .with_conn(move |conn| {
+            .read(move |conn| {
                 let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
                 let rows = stmt
                     .query_map(params_from_iter(values), SummaryRow::read)
@@ -701,7 +786,7 @@ impl Store for SqliteStore {
     async fn runs_for_event(&self, event_id: &str) -> StoreResult<Vec<RunSummary>> {
         let event_id = event_id.to_owned();
         let rows = self
-            .with_conn(move |conn| {
+            .read(move |conn| {
                 let mut stmt = conn
                     .prepare_cached(&format!(
                         "SELECT {} FROM runs WHERE event_id = ?1 ORDER BY run_id",
@@ -722,7 +807,7 @@ impl Store for SqliteStore {
 
     async fn journal(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {
         let run_id = run_id.to_owned();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?1 ORDER BY seq, step_id"
@@ -736,7 +821,7 @@ impl Store for SqliteStore {
 
     async fn get_step(&self, run_id: &str, step_id: &str) -> StoreResult<Option<StepRecord>> {
         let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?1 AND step_id = ?2"
@@ -768,7 +853,7 @@ impl Store for SqliteStore {
             output: opt_json(step.output.as_ref())?,
             error: opt_json(step.error.as_ref())?,
         };
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let n = conn
                 .exec_cached(
                     &format!(
@@ -806,7 +891,7 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let (run_id, step_id, at) = (run_id.to_owned(), step_id.to_owned(), ts(at));
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let n = conn
                 .exec_cached(
                     &format!(
@@ -831,7 +916,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<bool> {
         let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
         let (error, next_at) = (json(error)?, ts(next_at));
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let n = conn
                 .exec_cached(
                     &format!(
@@ -860,7 +945,7 @@ impl Store for SqliteStore {
             StepOutcome::Failed(error) => (StepStatus::Failed, None, Some(json(error)?)),
         };
         let (run_id, step_id, at) = (run_id.to_owned(), step_id.to_owned(), ts(at));
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let n = conn
                 .exec_cached(
                     &format!(
@@ -883,22 +968,18 @@ impl Store for SqliteStore {
     ) -> StoreResult<bool> {
         let entry = entry.clone();
         let value = json(&entry.value)?;
-        self.with_conn(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            let current = read_entry(&tx, &entry.key, &entry.id)?;
+        self.write(move |conn| {
+            let current = read_entry(conn, &entry.key, &entry.id)?;
             if !expect_holds(expect, current.as_ref(), now) {
                 return Ok(false);
             }
-            tx.exec_cached(
+            conn.exec_cached(
                 "INSERT INTO entries (key, id, value, version, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (key, id) DO UPDATE SET value = excluded.value,
                  version = excluded.version, expires_at = excluded.expires_at",
                 params![entry.key, entry.id, value, entry.version as i64, ts(entry.expires_at)],
             )
             .map_err(backend)?;
-            tx.commit().map_err(backend)?;
             Ok(true)
         })
         .await
@@ -912,7 +993,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreResult<Vec<Entry>> {
         let (key, prefix, now) = (key.to_owned(), prefix.to_owned(), ts(now));
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             // `id >= prefix` plus a prefix check: LIKE would treat `_` and `%` in ids as patterns.
             let mut stmt = conn
                 .prepare_cached(
@@ -942,20 +1023,16 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let (key, id) = (key.to_owned(), id.to_owned());
-        self.with_conn(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            let current = read_entry(&tx, &key, &id)?;
+        self.write(move |conn| {
+            let current = read_entry(conn, &key, &id)?;
             if current.is_none() || !expect_holds(expect, current.as_ref(), now) {
                 return Ok(false);
             }
-            tx.exec_cached(
+            conn.exec_cached(
                 "DELETE FROM entries WHERE key = ?1 AND id = ?2",
                 params![key, id],
             )
             .map_err(backend)?;
-            tx.commit().map_err(backend)?;
             Ok(true)
         })
         .await
