@@ -203,6 +203,13 @@ async fn main() {
                 ""
             }
         );
+        // Where the writes went: a partition (a table item's key, or an index key) takes
+        // about 1,000 write units a second on AWS, so its share of all writes bounds how fast
+        // the stack can go before it throttles.
+        println!("  busiest partitions (write units, share of all):");
+        for (partition, units, share) in usage.busiest_partitions(6) {
+            println!("    {partition:<48} {units:>8.0} {:>6.1}%", share * 100.0);
+        }
         rows.push(Row {
             steps_per_run,
             alternate,

@@ -23,9 +23,14 @@
 //!
 //! | index  | partition key         | sort key | projection                      | serves                     |
 //! |--------|-----------------------|----------|---------------------------------|----------------------------|
-//! | `GSI1` | `FN#{function_id}`    | run id   | keys + `status`, `started_at`   | runs of a function         |
-//! | `GSI2` | `ST#{status}`         | run id   | keys + `started_at`             | runs by status (moved on every transition) |
+//! | `GSI1` | `FN#{function_id}#{shard}` | run id | keys + `status`, `started_at` | runs of a function         |
+//! | `GSI2` | `ST#{status}#{shard}` | run id   | keys + `started_at`             | runs by status (moved on every transition) |
 //! | `GSI3` | `EVR#{event_id}`      | run id   | keys only                       | [`Store::runs_for_event`]  |
+//!
+//! The function and status keys are write-sharded: a run's entries go to one of
+//! [`INDEX_SHARDS`] partitions per key, chosen by its run id ([`index_shard`]), so no single
+//! partition takes every write of a busy function or of every run entering a status; a
+//! listing reads all the shards and merges them.
 //!
 //! Indexes only find run ids; the runs themselves are then read with a strongly consistent
 //! `BatchGetItem` and filtered again, so a listing never shows a stale status. (On AWS an
@@ -35,9 +40,10 @@
 //!
 //! # Listing runs and the cursor
 //!
-//! [`Store::list_runs`] picks its sources: with a function id, `GSI1` (a status filter and the
-//! `started_*` window become a `FilterExpression`); with only a status, `GSI2` for it; with
-//! neither, `GSI2` for each of the five statuses, merged newest first (no `Scan`). Each source
+//! [`Store::list_runs`] picks its sources: with a function id, `GSI1`'s shards of it (a status
+//! filter and the `started_*` window become a `FilterExpression`); with only a status, `GSI2`'s
+//! shards of it; with neither, `GSI2`'s shards of each of the five statuses, merged newest
+//! first (no `Scan`). Each source
 //! is read lazily page by page (filtered pages can be short or empty), merged by run id, and
 //! the candidates confirmed against the consistent read until `limit + 1` runs are found. The
 //! cursor is the last run id of the page, as in the other backends: the next page reads index
@@ -1067,12 +1073,27 @@ const SUMMARY_ATTRIBUTES: [&str; 11] = [
     "replay_of",
 ];
 
-fn gsi1pk(function_id: &str) -> String {
-    bounded(format!("FN#{function_id}"), MAX_PARTITION_KEY)
+/// How many partitions the function and status indexes spread each key over. Every run of a
+/// function, and every run that enters or leaves a status, writes that key: unsharded, one
+/// partition (about 1,000 write units a second) would bound the whole stack. A run's entries
+/// go to shard [`index_shard`]`(run_id)`; listings read every shard and merge them by run id.
+pub const INDEX_SHARDS: u8 = 8;
+
+/// The index shard of a run: the first byte of its id's SHA-256, modulo [`INDEX_SHARDS`]
+/// (stable across versions: changing it would hide runs from listings).
+pub fn index_shard(run_id: &str) -> u8 {
+    Sha256::digest(run_id.as_bytes())[0] % INDEX_SHARDS
 }
 
-fn gsi2pk(status: RunStatus) -> String {
-    format!("ST#{}", status.as_str())
+/// `FN#{function_id}#{shard}`.
+fn gsi1pk(function_id: &str, shard: u8) -> String {
+    let key = bounded(format!("FN#{function_id}"), MAX_PARTITION_KEY - 4);
+    format!("{key}#{shard}")
+}
+
+/// `ST#{status}#{shard}`.
+fn gsi2pk(status: RunStatus, shard: u8) -> String {
+    format!("ST#{}#{shard}", status.as_str())
 }
 
 fn gsi3pk(event_id: &str) -> String {
@@ -1518,9 +1539,9 @@ impl Store for DynamoStore {
             progress: self.opt_payload(&what("progress"), run.progress.as_ref(), &mut blobs)?,
             pk,
             sk: RUN_SK.to_owned(),
-            gsi1pk: gsi1pk(&run.function_id),
+            gsi1pk: gsi1pk(&run.function_id, index_shard(&run.run_id)),
             gsi1sk: bounded(run.run_id.clone(), MAX_SORT_KEY),
-            gsi2pk: gsi2pk(run.status),
+            gsi2pk: gsi2pk(run.status, index_shard(&run.run_id)),
             gsi2sk: bounded(run.run_id.clone(), MAX_SORT_KEY),
             gsi3pk: gsi3pk(&run.event_id),
             gsi3sk: bounded(run.run_id.clone(), MAX_SORT_KEY),
@@ -1557,7 +1578,10 @@ impl Store for DynamoStore {
 
         let mut update = Update::default();
         update.set("status", av(&t.to)?);
-        update.set("GSI2PK", AttributeValue::S(gsi2pk(t.to)));
+        update.set(
+            "GSI2PK",
+            AttributeValue::S(gsi2pk(t.to, index_shard(run_id))),
+        );
         update.set_or_remove(
             "ended_at",
             t.ended_at.map(|e| AttributeValue::S(ts_string(e))),
@@ -1606,12 +1630,22 @@ impl Store for DynamoStore {
             start: None,
             exhausted: false,
         };
+        // Every shard of the index partition (or partitions) the query reads.
+        let shards = 0..INDEX_SHARDS;
         let mut sources: Vec<Source> = match (&query.function_id, query.status) {
-            (Some(function_id), status) => vec![source("GSI1", gsi1pk(function_id), status)],
-            (None, Some(status)) => vec![source("GSI2", gsi2pk(status), None)],
+            (Some(function_id), status) => shards
+                .map(|shard| source("GSI1", gsi1pk(function_id, shard), status))
+                .collect(),
+            (None, Some(status)) => shards
+                .map(|shard| source("GSI2", gsi2pk(status, shard), None))
+                .collect(),
             (None, None) => RunStatus::ALL
                 .into_iter()
-                .map(|status| source("GSI2", gsi2pk(status), None))
+                .flat_map(|status| {
+                    shards
+                        .clone()
+                        .map(move |shard| source("GSI2", gsi2pk(status, shard), None))
+                })
                 .collect(),
         };
 

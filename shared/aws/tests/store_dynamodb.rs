@@ -750,3 +750,71 @@ async fn unreadable_run_items_are_reported_and_skipped() {
             .is_corrupt()
     );
 }
+
+/// The function and status index keys are spread over `INDEX_SHARDS` partitions by run id,
+/// the shard moves with none of a run's transitions, and listings still see every run once,
+/// newest first.
+#[tokio::test]
+async fn index_keys_are_write_sharded_and_listings_merge_the_shards() {
+    use baton::model::RunQuery;
+    use baton_aws::dynamodb::{INDEX_SHARDS, index_shard};
+
+    let store = fresh(|s| s).await;
+    let ev = event(&new_id(), json!({}));
+    assert!(store.put_event(&ev).await.unwrap());
+    let mut ids: Vec<String> = (0..40).map(|_| new_id()).collect();
+    let mut shards = std::collections::BTreeSet::new();
+    for (n, id) in ids.iter().enumerate() {
+        assert!(store.create_run(&run(id, "f", ev.clone())).await.unwrap());
+        if n % 2 == 0 {
+            let done = finish(RunStatus::Completed, t0(), Some(json!(n)));
+            assert!(store.transition_run(id, &done).await.unwrap());
+        }
+        let item = raw_item(&store, &format!("RUN#{id}"), "RUN").await.unwrap();
+        let key = |name: &str| match item.get(name) {
+            Some(AttributeValue::S(s)) => s.clone(),
+            other => panic!("{name}: {other:?}"),
+        };
+        let shard = index_shard(id);
+        assert!(shard < INDEX_SHARDS);
+        shards.insert(shard);
+        assert_eq!(key("GSI1PK"), format!("FN#f#{shard}"));
+        let status = if n % 2 == 0 { "Completed" } else { "Running" };
+        assert_eq!(key("GSI2PK"), format!("ST#{status}#{shard}"));
+    }
+    assert!(
+        shards.len() >= 4,
+        "40 runs spread over several shards: {shards:?}"
+    );
+
+    // Every listing reads all shards: each run exactly once, newest first.
+    let mut running: Vec<String> = ids.iter().skip(1).step_by(2).cloned().collect();
+    running.sort_unstable_by(|a, b| b.cmp(a));
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let listed = |query: RunQuery| {
+        let store = &store;
+        async move {
+            let mut all = Vec::new();
+            let mut query = RunQuery { limit: 7, ..query };
+            loop {
+                let page = store.list_runs(&query).await.unwrap();
+                all.extend(page.runs.iter().map(|r| r.run_id.clone()));
+                match page.cursor {
+                    Some(cursor) => query.cursor = Some(cursor),
+                    None => return all,
+                }
+            }
+        }
+    };
+    assert_eq!(listed(RunQuery::default()).await, ids);
+    let by_function = RunQuery {
+        function_id: Some("f".into()),
+        ..RunQuery::default()
+    };
+    assert_eq!(listed(by_function).await, ids);
+    let only_running = RunQuery {
+        status: Some(RunStatus::Running),
+        ..RunQuery::default()
+    };
+    assert_eq!(listed(only_running).await, running);
+}

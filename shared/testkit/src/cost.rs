@@ -76,9 +76,26 @@ pub struct Usage {
     pub empty_receives: u64,
     pub write_units: f64,
     pub read_units: f64,
+    /// Write units by partition: `table {PK}` for the table's items, `{index} {partition key}`
+    /// for an index's entries (an entry moving to another key writes both partitions).
+    pub partition_writes: BTreeMap<String, f64>,
 }
 
 impl Usage {
+    /// The partitions that took the most write units, busiest first, with each one's share of
+    /// all write units.
+    pub fn busiest_partitions(&self, n: usize) -> Vec<(String, f64, f64)> {
+        let total = self.write_units.max(f64::MIN_POSITIVE);
+        let mut parts: Vec<_> = self
+            .partition_writes
+            .iter()
+            .map(|(k, units)| (k.clone(), *units, *units / total))
+            .collect();
+        parts.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        parts.truncate(n);
+        parts
+    }
+
     pub fn requests_of(&self, service: &str) -> u64 {
         let prefix = format!("{service}:");
         self.requests
@@ -109,7 +126,15 @@ impl Usage {
             }
         }
         requests.retain(|_, n| *n > 0);
+        let mut partition_writes = self.partition_writes.clone();
+        for (k, units) in &earlier.partition_writes {
+            if let Some(v) = partition_writes.get_mut(k) {
+                *v -= units;
+            }
+        }
+        partition_writes.retain(|_, units| *units > 0.0);
         Usage {
+            partition_writes,
             requests,
             empty_receives: self.empty_receives - earlier.empty_receives,
             write_units: self.write_units - earlier.write_units,
@@ -191,11 +216,21 @@ impl CostMeter {
             .or_default() += 1;
     }
 
-    /// Write units of replacing `old` by `new` (either may be absent), indexes included.
-    fn write_units(&self, old: Option<&Item>, new: Option<&Item>) -> f64 {
+    /// Write units of replacing `old` by `new` (either may be absent), indexes included, and
+    /// the partitions they go to.
+    fn write_units(&self, old: Option<&Item>, new: Option<&Item>) -> (f64, Vec<(String, f64)>) {
         let size = old.map_or(0, item_size).max(new.map_or(0, item_size));
         let mut units = size.div_ceil(1024).max(1) as f64;
+        let key = new.or(old).map(item_key).unwrap_or_default();
+        let mut parts = vec![(format!("table {}", key.0), units)];
         for index in self.indexes.iter() {
+            let partition = |entry: &Item| {
+                let pk = match index.keys.first().and_then(|k| entry.get(k)) {
+                    Some(AttributeValue::S(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                (format!("{} {pk}", index.name), 1.0)
+            };
             let entry = |item: Option<&Item>| {
                 let item = item?;
                 index
@@ -204,29 +239,32 @@ impl CostMeter {
                     .all(|k| item.contains_key(k))
                     .then(|| project(item, index))
             };
-            units += match (entry(old), entry(new)) {
-                (None, None) => 0.0,
-                (Some(_), None) | (None, Some(_)) => 1.0,
+            match (entry(old), entry(new)) {
+                (None, None) => {}
+                (Some(e), None) | (None, Some(e)) => parts.push(partition(&e)),
                 (Some(a), Some(b)) => {
                     let keys_moved = index.keys.iter().any(|k| a.get(k) != b.get(k));
                     if keys_moved {
-                        2.0
+                        parts.push(partition(&a));
+                        parts.push(partition(&b));
                     } else if a != b {
-                        1.0
-                    } else {
-                        0.0
+                        parts.push(partition(&b));
                     }
                 }
-            };
+            }
         }
-        units
+        units += parts.iter().skip(1).map(|(_, u)| u).sum::<f64>();
+        (units, parts)
     }
 
     fn record_write(&self, key: (String, String), new: Option<Item>) {
         let mut state = self.state.lock().unwrap();
         let old = state.items.get(&key);
-        let units = self.write_units(old, new.as_ref());
+        let (units, parts) = self.write_units(old, new.as_ref());
         state.usage.write_units += units;
+        for (partition, units) in parts {
+            *state.usage.partition_writes.entry(partition).or_default() += units;
+        }
         match new {
             Some(item) => state.items.insert(key, item),
             None => state.items.remove(&key),
@@ -236,7 +274,13 @@ impl CostMeter {
     fn record_failed_write(&self, key: &(String, String)) {
         let mut state = self.state.lock().unwrap();
         let size = state.items.get(key).map_or(0, item_size);
-        state.usage.write_units += size.div_ceil(1024).max(1) as f64;
+        let units = size.div_ceil(1024).max(1) as f64;
+        state.usage.write_units += units;
+        *state
+            .usage
+            .partition_writes
+            .entry(format!("table {}", key.0))
+            .or_default() += units;
     }
 
     fn record_read(&self, bytes: usize, consistent: bool) {
@@ -578,5 +622,20 @@ mod tests {
         meter.record_read(4097, true);
         meter.record_read(10, false);
         assert_eq!(meter.usage().read_units, 2.5);
+
+        // By partition: the item's 8 units, the entry added to ST#Running, then moved from
+        // it to ST#Completed.
+        let usage = meter.usage();
+        let parts = |k: &str| usage.partition_writes.get(k).copied();
+        assert_eq!(parts("table RUN#1"), Some(8.0));
+        assert_eq!(parts("GSI2 ST#Running"), Some(2.0));
+        assert_eq!(parts("GSI2 ST#Completed"), Some(1.0));
+        assert_eq!(
+            usage.partition_writes.values().sum::<f64>(),
+            usage.write_units
+        );
+        let busiest = usage.busiest_partitions(1);
+        assert_eq!(busiest[0].0, "table RUN#1");
+        assert!((busiest[0].2 - 8.0 / 11.0).abs() < 1e-9);
     }
 }
