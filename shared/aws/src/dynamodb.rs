@@ -1531,6 +1531,7 @@ impl Store for DynamoStore {
         let ttl = self.run_ttl(run.status, run.ended_at);
         let mut blobs = Blobs::new(&pk, ttl.or(Some(self.live_ttl())));
         let what = |field: &str| format!("run {} {field}", run.run_id);
+        let shard = index_shard(&run.run_id);
         let item = to_item(&RunItem {
             event: self.payload(&what("event"), &run.event, &mut blobs)?,
             event_name: Some(run.event.name.clone()),
@@ -1539,9 +1540,9 @@ impl Store for DynamoStore {
             progress: self.opt_payload(&what("progress"), run.progress.as_ref(), &mut blobs)?,
             pk,
             sk: RUN_SK.to_owned(),
-            gsi1pk: gsi1pk(&run.function_id, index_shard(&run.run_id)),
+            gsi1pk: gsi1pk(&run.function_id, shard),
             gsi1sk: bounded(run.run_id.clone(), MAX_SORT_KEY),
-            gsi2pk: gsi2pk(run.status, index_shard(&run.run_id)),
+            gsi2pk: gsi2pk(run.status, shard),
             gsi2sk: bounded(run.run_id.clone(), MAX_SORT_KEY),
             gsi3pk: gsi3pk(&run.event_id),
             gsi3sk: bounded(run.run_id.clone(), MAX_SORT_KEY),

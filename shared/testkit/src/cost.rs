@@ -220,9 +220,11 @@ impl CostMeter {
     /// the partitions they go to.
     fn write_units(&self, old: Option<&Item>, new: Option<&Item>) -> (f64, Vec<(String, f64)>) {
         let size = old.map_or(0, item_size).max(new.map_or(0, item_size));
-        let mut units = size.div_ceil(1024).max(1) as f64;
         let key = new.or(old).map(item_key).unwrap_or_default();
-        let mut parts = vec![(format!("table {}", key.0), units)];
+        let mut parts = vec![(
+            format!("table {}", key.0),
+            size.div_ceil(1024).max(1) as f64,
+        )];
         for index in self.indexes.iter() {
             let partition = |entry: &Item| {
                 let pk = match index.keys.first().and_then(|k| entry.get(k)) {
@@ -253,8 +255,7 @@ impl CostMeter {
                 }
             }
         }
-        units += parts.iter().skip(1).map(|(_, u)| u).sum::<f64>();
-        (units, parts)
+        (parts.iter().map(|(_, u)| u).sum(), parts)
     }
 
     fn record_write(&self, key: (String, String), new: Option<Item>) {

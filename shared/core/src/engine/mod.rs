@@ -116,11 +116,23 @@ enum InlineScope {
     AnyStep,
 }
 
-/// Running the next step in the same invocation: allowed for steps of `queue` (any step when
-/// `None`), while their timeout fits before `deadline` (if any).
-struct Inline {
-    queue: Option<crate::model::QueueName>,
-    deadline: Option<tokio::time::Instant>,
+impl InlineScope {
+    /// Whether an invocation handling a message of `own` may run a step of `queue` whose
+    /// timeout is `timeout`.
+    fn allows(
+        self,
+        own: &crate::model::QueueName,
+        queue: &crate::model::QueueName,
+        timeout: Duration,
+    ) -> bool {
+        match self {
+            InlineScope::Never => false,
+            InlineScope::SameQueue(deadline) => {
+                queue == own && tokio::time::Instant::now() + timeout + INLINE_MARGIN <= deadline
+            }
+            InlineScope::AnyStep => true,
+        }
+    }
 }
 
 /// A step planned already claimed, to run in this invocation: its message (never sent) and
@@ -880,24 +892,14 @@ impl Engine {
         let recheck = pass.target_recorded
             && matches!(pass.end, PassEnd::Blocked)
             && pass.pending.iter().any(|p| !p.is_new);
-        let inline = match scope {
-            InlineScope::Never => None,
-            InlineScope::SameQueue(deadline) => Some(Inline {
-                queue: Some(message.queue()),
-                deadline: Some(deadline),
-            }),
-            InlineScope::AnyStep => Some(Inline {
-                queue: None,
-                deadline: None,
-            }),
-        };
+        let own_queue = message.queue();
         let next = self
             .conclude(
                 &run,
                 &function,
                 pass,
                 message.kind == MessageKind::Redrive,
-                inline.as_ref(),
+                (scope, &own_queue),
             )
             .await?;
         if recheck {
@@ -920,7 +922,7 @@ impl Engine {
             // running would begin the same attempt twice).
             pass.target_recorded = true;
             return self
-                .conclude(&run, &function, pass, false, inline.as_ref())
+                .conclude(&run, &function, pass, false, (scope, &own_queue))
                 .await;
         }
         Ok(next)
@@ -932,7 +934,7 @@ impl Engine {
         function: &Function,
         pass: PassResult,
         redrive: bool,
-        inline: Option<&Inline>,
+        (scope, own_queue): (InlineScope, &crate::model::QueueName),
     ) -> Result<Option<Inlined>, EngineError> {
         let store = self.store();
         let progressed = pass.target_recorded || !pass.outbox.is_empty();
@@ -988,28 +990,24 @@ impl Engine {
                 // the same queue, due now and its timeout fits: it is planned already claimed
                 // (Running, attempt 1: one write instead of a plan and an attempt start) and
                 // its message is not sent.
-                let inline_step = match (inline, pass.pending.as_slice()) {
-                    (
-                        Some(inline),
-                        [
-                            Pending {
-                                record,
-                                is_new: true,
-                                ..
-                            },
-                        ],
-                    ) if record.kind == StepKind::Run => {
+                let inline_step = match pass.pending.as_slice() {
+                    [
+                        Pending {
+                            record,
+                            is_new: true,
+                            ..
+                        },
+                    ] if record.kind == StepKind::Run => {
                         let queue = crate::model::QueueName::Step {
                             function_id: run.function_id.clone(),
                             step: record.name.clone(),
                         };
-                        let fits = function.steps.get(&record.name).is_some_and(|c| {
-                            inline.deadline.is_none_or(|deadline| {
-                                tokio::time::Instant::now() + c.timeout + INLINE_MARGIN <= deadline
-                            })
-                        });
+                        let allowed = function
+                            .steps
+                            .get(&record.name)
+                            .is_some_and(|c| scope.allows(own_queue, &queue, c.timeout));
                         let due = record.wake_at.is_none_or(|at| at <= now);
-                        inline.queue.as_ref().is_none_or(|q| *q == queue) && fits && due
+                        allowed && due
                     }
                     _ => false,
                 };
