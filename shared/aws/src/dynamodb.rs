@@ -606,6 +606,7 @@ impl DynamoStore {
             started_at: item.started_at,
             ended_at: item.ended_at,
             wake_at: item.wake_at,
+            planned: item.planned()?,
         })
     }
 
@@ -758,11 +759,14 @@ impl DynamoStore {
             set,
             remove,
             condition,
+            create,
         } = update;
         let pk_name = expr.name("PK");
-        let condition = match condition {
-            Some(c) => format!("attribute_exists({pk_name}) AND {c}"),
-            None => format!("attribute_exists({pk_name})"),
+        let condition = match (condition, create) {
+            (Some(c), false) => format!("attribute_exists({pk_name}) AND {c}"),
+            (None, false) => format!("attribute_exists({pk_name})"),
+            (Some(c), true) => format!("attribute_not_exists({pk_name}) OR ({c})"),
+            (None, true) => return Err(StoreError::Backend("an upsert needs a condition".into())),
         };
         let mut update_expression = String::new();
         if !set.is_empty() {
@@ -1125,8 +1129,27 @@ struct StepItem {
     output: Option<Payload>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<Payload>,
+    /// The steps planned in the same write as this step's result, until each starts and has
+    /// an item of its own ([`Store::record_step`]): JSON, a list of step records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at_epoch: Option<i64>,
+}
+
+impl StepItem {
+    /// The steps this item's result planned ([`StepItem::next`]).
+    fn planned(&self) -> StoreResult<Vec<StepRecord>> {
+        match &self.next {
+            None => Ok(Vec::new()),
+            Some(next) => serde_json::from_str(next).map_err(|e| {
+                corrupt(
+                    &format!("steps planned by {}/{}", self.run_id, self.step_id),
+                    e,
+                )
+            }),
+        }
+    }
 }
 
 /// Fixed-width RFC 3339 with nanoseconds: string order is time order.
@@ -1237,16 +1260,37 @@ impl Expr {
     }
 }
 
-/// An `UpdateItem`: SET and REMOVE clauses and a condition (besides `attribute_exists(PK)`).
+/// An `UpdateItem`: SET and REMOVE clauses and a condition (besides `attribute_exists(PK)`,
+/// or with `create`, `attribute_not_exists(PK) OR` the condition: the write creates the item).
 #[derive(Default)]
 struct Update {
     expr: Expr,
     set: Vec<String>,
     remove: Vec<String>,
     condition: Option<String>,
+    create: bool,
 }
 
 impl Update {
+    /// SET unless the item has the attribute.
+    fn set_if_absent(&mut self, attr: &str, value: AttributeValue) {
+        let name = self.expr.name(attr);
+        let value = self.expr.value(attr, value);
+        self.set.push(format!("{name} = if_not_exists({name}, {value})"));
+    }
+
+    /// What a write that may create a step item sets on it (an existing item keeps its own).
+    fn step_identity(&mut self, step: &StepRecord, ttl: i64) -> StoreResult<()> {
+        self.set_if_absent("run_id", AttributeValue::S(step.run_id.clone()));
+        self.set_if_absent("step_id", AttributeValue::S(step.step_id.clone()));
+        self.set_if_absent("name", AttributeValue::S(step.name.clone()));
+        self.set_if_absent("kind", av(&step.kind)?);
+        self.set_if_absent("seq", av(&step.seq)?);
+        self.set_if_absent("planned_at", AttributeValue::S(ts_string(step.planned_at)));
+        self.set_if_absent("expires_at_epoch", AttributeValue::N(ttl.to_string()));
+        Ok(())
+    }
+
     fn set(&mut self, attr: &str, value: AttributeValue) {
         let name = self.expr.name(attr);
         let value = self.expr.value(attr, value);
@@ -1723,14 +1767,25 @@ impl Store for DynamoStore {
         let items = self
             .query_partition(&run_pk(run_id), STEP_PREFIX, None)
             .await?;
+        let items = items
+            .into_iter()
+            .map(|item| from_item::<StepItem>(&format!("step of run {run_id}"), item))
+            .collect::<StoreResult<Vec<_>>>()?;
+        // Steps planned in another step's result and not started have no item of their own.
+        let mut planned = Vec::new();
+        for item in &items {
+            planned.extend(item.planned()?);
+        }
         let mut steps: Vec<StepRecord> = stream::iter(items)
-            .map(|item| async move {
-                let item: StepItem = from_item(&format!("step of run {run_id}"), item)?;
-                self.step_record(item).await
-            })
+            .map(|item| self.step_record(item))
             .buffered(FAN_OUT)
             .try_collect()
             .await?;
+        for plan in planned {
+            if !steps.iter().any(|s| s.step_id == plan.step_id) {
+                steps.push(plan);
+            }
+        }
         // step_id breaks ties so the order is deterministic even if seq were reused.
         steps.sort_by(|a, b| (a.seq, &a.step_id).cmp(&(b.seq, &b.step_id)));
         Ok(steps)
@@ -1764,6 +1819,7 @@ impl Store for DynamoStore {
             started_at: step.started_at,
             ended_at: step.ended_at,
             wake_at: step.wake_at,
+            next: None,
             expires_at_epoch: Some(self.live_ttl()),
         })?;
         self.with_blobs(&blobs, || self.put_if_absent(item)).await
@@ -1771,24 +1827,23 @@ impl Store for DynamoStore {
 
     async fn begin_attempt(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let mut update = Update::default();
+        let mut update = Update {
+            create: true,
+            ..Update::default()
+        };
+        update.step_identity(step, self.live_ttl())?;
         update.set("status", av(&StepStatus::Running)?);
         let attempts = update.expr.name("attempts");
         let n = update.expr.value("attempt", av(&attempt)?);
         update.set.push(format!("{attempts} = {n}"));
-        let started = update.expr.name("started_at");
-        let at = update.expr.value("at", AttributeValue::S(ts_string(at)));
-        update
-            .set
-            .push(format!("{started} = if_not_exists({started}, {at})"));
+        update.set_if_absent("started_at", AttributeValue::S(ts_string(at)));
         let not_final = update.step_not_final()?;
         update.condition = Some(format!("{not_final} AND {attempts} <= {n}"));
-        self.update_if(&run_pk(run_id), &step_sk(step_id), update)
+        self.update_if(&run_pk(&step.run_id), &step_sk(&step.step_id), update)
             .await
     }
 
@@ -1846,6 +1901,36 @@ impl Store for DynamoStore {
         update.set("ended_at", AttributeValue::S(ts_string(at)));
         update.condition = Some(update.step_not_final()?);
         let sk = step_sk(step_id);
+        self.with_blobs(&blobs, || self.update_if(&pk, &sk, update))
+            .await
+    }
+
+    async fn record_step(&self, step: &StepRecord, next: &[StepRecord]) -> StoreResult<bool> {
+        let pk = run_pk(&step.run_id);
+        let mut blobs = Blobs::new(&pk, Some(self.live_ttl()));
+        let what = |field: &str| format!("step {}/{} {field}", step.run_id, step.step_id);
+        let mut update = Update {
+            create: true,
+            ..Update::default()
+        };
+        update.step_identity(step, self.live_ttl())?;
+        update.set("status", av(&step.status)?);
+        let output = self.opt_payload(&what("output"), step.output.as_ref(), &mut blobs)?;
+        update.set_or_remove("output", output.map(|o| av(&o)).transpose()?);
+        let error = self.opt_payload(&what("error"), step.error.as_ref(), &mut blobs)?;
+        update.set_or_remove("error", error.map(|e| av(&e)).transpose()?);
+        update.set("attempts", av(&step.attempts)?);
+        if let Some(started) = step.started_at {
+            update.set_if_absent("started_at", AttributeValue::S(ts_string(started)));
+        }
+        update.set_or_remove("ended_at", step.ended_at.map(|t| AttributeValue::S(ts_string(t))));
+        let next = (!next.is_empty())
+            .then(|| serde_json::to_string(next))
+            .transpose()
+            .map_err(|e| corrupt(&what("next steps"), e))?;
+        update.set_or_remove("next", next.map(AttributeValue::S));
+        update.condition = Some(update.step_not_final()?);
+        let sk = step_sk(&step.step_id);
         self.with_blobs(&blobs, || self.update_if(&pk, &sk, update))
             .await
     }

@@ -163,6 +163,7 @@ fn step(run_id: &str, step_id: &str, seq: u32) -> StepRecord {
         wake_at: None,
         output: None,
         error: None,
+        planned: Vec::new(),
     }
 }
 
@@ -312,7 +313,7 @@ async fn large_event_and_outputs_round_trip_in_chunks() {
     assert!(store.plan_step(&step(&r.run_id, "embed", 0)).await.unwrap());
     assert!(
         store
-            .begin_attempt(&r.run_id, "embed", 1, t0())
+            .begin_attempt(&step(&r.run_id, "embed", 0), 1, t0())
             .await
             .unwrap()
     );

@@ -281,6 +281,10 @@ pub struct StepRecord {
     pub output: Option<Value>,
     /// The final error, or the last attempt's error while retries remain.
     pub error: Option<ErrorInfo>,
+    /// Steps planned in the same write as this step's result, as planned, on a backend that
+    /// keeps them on this entry until they start (see [`crate::store::Store::record_step`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<StepRecord>,
 }
 
 /// The journaled result of a step.

@@ -1423,14 +1423,26 @@ impl Store for Overwriting {
     }
     async fn begin_attempt(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         at: chrono::DateTime<chrono::Utc>,
     ) -> baton::store::StoreResult<bool> {
-        self.inner
-            .begin_attempt(run_id, step_id, attempt, at)
-            .await?;
+        self.inner.begin_attempt(step, attempt, at).await?;
+        Ok(true)
+    }
+    async fn record_step(
+        &self,
+        step: &StepRecord,
+        next: &[StepRecord],
+    ) -> baton::store::StoreResult<bool> {
+        if !self.inner.record_step(step, next).await? {
+            let outcome = match step.status {
+                StepStatus::Failed => StepOutcome::Failed(step.error.clone().unwrap()),
+                _ => StepOutcome::Completed(step.output.clone().unwrap_or_default()),
+            };
+            let key = (step.run_id.clone(), step.step_id.clone());
+            self.overwritten.lock().unwrap().insert(key, outcome);
+        }
         Ok(true)
     }
     async fn retry_step(
@@ -1522,6 +1534,7 @@ fn the_store_watch_catches_an_overwritten_output() {
             wake_at: None,
             output: None,
             error: None,
+            planned: Vec::new(),
         };
         assert!(store.plan_step(&step).await.unwrap());
         let first = StepOutcome::Completed(json!(1));

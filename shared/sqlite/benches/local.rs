@@ -274,16 +274,18 @@ impl Store for TimedStore {
     }
     async fn begin_attempt(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         timed!(
             self,
             "begin_attempt",
-            self.inner.begin_attempt(run_id, step_id, attempt, at)
+            self.inner.begin_attempt(step, attempt, at)
         )
+    }
+    async fn record_step(&self, step: &StepRecord, next: &[StepRecord]) -> StoreResult<bool> {
+        timed!(self, "record_step", self.inner.record_step(step, next))
     }
     async fn retry_step(
         &self,
@@ -758,11 +760,11 @@ fn print_table(reports: &[Report], commit_rate: &BTreeMap<&'static str, f64>) {
     row("step -> step  p99", cells(&|r| pct(&r.hop, 0.99)));
     row("step -> step  max", cells(&|r| pct(&r.hop, 1.0)));
     row("step -> step  mean", cells(&|r| fmt_us(mean(&r.hop))));
-    // The store calls on the hand-off path: the previous handler's finish_step and plan_step,
-    // the next handler's get_run and journal. The rest is waiting in the local queue for a
+    // The store calls on the hand-off path: the previous handler's record_step (its result
+    // and the next step's plan) and plan_step, the next handler's get_run and journal. The rest is waiting in the local queue for a
     // handler slot, dispatch and CPU.
     let path = |r: &Report| -> Option<u64> {
-        ["finish_step", "plan_step", "get_run", "journal"]
+        ["record_step", "plan_step", "get_run", "journal"]
             .iter()
             .map(|op| r.ops.get(op).and_then(|v| mean(v)))
             .sum()

@@ -525,6 +525,7 @@ impl StepRow {
             wake_at: parse_opt_ts(&what("wake_at"), self.wake_at)?,
             output: parse_opt_json(&what("output"), self.output)?,
             error: parse_opt_json(&what("error"), self.error)?,
+            planned: Vec::new(),
             run_id: self.run_id,
             step_id: self.step_id,
             name: self.name,
@@ -838,70 +839,31 @@ impl Store for SqliteStore {
     }
 
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool> {
-        let row = StepRow {
-            run_id: step.run_id.clone(),
-            step_id: step.step_id.clone(),
-            name: step.name.clone(),
-            kind: step.kind.as_str().to_owned(),
-            status: step.status.as_str().to_owned(),
-            attempts: step.attempts.into(),
-            seq: step.seq.into(),
-            planned_at: ts(step.planned_at),
-            started_at: opt_ts(step.started_at),
-            ended_at: opt_ts(step.ended_at),
-            wake_at: opt_ts(step.wake_at),
-            output: opt_json(step.output.as_ref())?,
-            error: opt_json(step.error.as_ref())?,
-        };
-        self.write(move |conn| {
-            let n = conn
-                .exec_cached(
-                    &format!(
-                        "INSERT INTO steps ({STEP_COLUMNS})
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                         ON CONFLICT DO NOTHING"
-                    ),
-                    params![
-                        row.run_id,
-                        row.step_id,
-                        row.name,
-                        row.kind,
-                        row.status,
-                        row.attempts,
-                        row.seq,
-                        row.planned_at,
-                        row.started_at,
-                        row.ended_at,
-                        row.wake_at,
-                        row.output,
-                        row.error
-                    ],
-                )
-                .map_err(backend)?;
-            Ok(n == 1)
-        })
-        .await
+        let row = StepRow::of(step)?;
+        self.write(move |conn| insert_step(conn, &row, "ON CONFLICT DO NOTHING"))
+            .await
     }
 
     async fn begin_attempt(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let (run_id, step_id, at) = (run_id.to_owned(), step_id.to_owned(), ts(at));
+        let mut row = StepRow::of(step)?;
+        row.status = StepStatus::Running.as_str().to_owned();
+        row.attempts = attempt.into();
+        row.started_at = Some(ts(at));
         self.write(move |conn| {
-            let n = conn
-                .exec_cached(
-                    &format!(
-                        "UPDATE steps SET status = 'Running', attempts = ?3, started_at = COALESCE(started_at, ?4)
-                         WHERE run_id = ?1 AND step_id = ?2 AND status NOT IN {FINAL_STEP} AND attempts <= ?3"
-                    ),
-                    params![run_id, step_id, attempt, at],
-                )
-                .map_err(backend)?;
-            Ok(n == 1)
+            insert_step(
+                conn,
+                &row,
+                &format!(
+                    "ON CONFLICT (run_id, step_id) DO UPDATE SET status = 'Running',
+                     attempts = excluded.attempts, started_at = COALESCE(started_at, excluded.started_at)
+                     WHERE status NOT IN {FINAL_STEP} AND attempts <= excluded.attempts"
+                ),
+            )
         })
         .await
     }
@@ -956,6 +918,30 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn record_step(&self, step: &StepRecord, next: &[StepRecord]) -> StoreResult<bool> {
+        let row = StepRow::of(step)?;
+        let next = next.iter().map(StepRow::of).collect::<StoreResult<Vec<_>>>()?;
+        self.write(move |conn| {
+            let recorded = insert_step(
+                conn,
+                &row,
+                &format!(
+                    "ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,
+                     attempts = excluded.attempts, started_at = COALESCE(started_at, excluded.started_at),
+                     ended_at = excluded.ended_at, output = excluded.output, error = excluded.error
+                     WHERE status NOT IN {FINAL_STEP}"
+                ),
+            )?;
+            if recorded {
+                for row in &next {
+                    insert_step(conn, row, "ON CONFLICT DO NOTHING")?;
+                }
+            }
+            Ok(recorded)
         })
         .await
     }
@@ -1130,4 +1116,53 @@ mod tests {
             Ok(Durability::Normal)
         );
     }
+}
+
+impl StepRow {
+    fn of(step: &StepRecord) -> StoreResult<StepRow> {
+        Ok(StepRow {
+            run_id: step.run_id.clone(),
+            step_id: step.step_id.clone(),
+            name: step.name.clone(),
+            kind: step.kind.as_str().to_owned(),
+            status: step.status.as_str().to_owned(),
+            attempts: step.attempts.into(),
+            seq: step.seq.into(),
+            planned_at: ts(step.planned_at),
+            started_at: opt_ts(step.started_at),
+            ended_at: opt_ts(step.ended_at),
+            wake_at: opt_ts(step.wake_at),
+            output: opt_json(step.output.as_ref())?,
+            error: opt_json(step.error.as_ref())?,
+        })
+    }
+}
+
+/// Inserts a step row; `on_conflict` says what an existing row gets. True when a row was
+/// written (inserted, or updated by the conflict clause).
+fn insert_step(conn: &rusqlite::Connection, row: &StepRow, on_conflict: &str) -> StoreResult<bool> {
+    let n = conn
+        .exec_cached(
+            &format!(
+                "INSERT INTO steps ({STEP_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) {on_conflict}"
+            ),
+            params![
+                row.run_id,
+                row.step_id,
+                row.name,
+                row.kind,
+                row.status,
+                row.attempts,
+                row.seq,
+                row.planned_at,
+                row.started_at,
+                row.ended_at,
+                row.wake_at,
+                row.output,
+                row.error
+            ],
+        )
+        .map_err(backend)?;
+    Ok(n == 1)
 }

@@ -145,14 +145,13 @@ fn run(conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>, commits: &AtomicU6
                 Err(_) => break,
             }
         }
-        if commit(&conn, batch) {
-            commits.fetch_add(1, Ordering::Relaxed);
-        }
+        commit(&conn, batch, commits);
     }
 }
 
-/// Runs the batch in one transaction and answers every write; true when it committed.
-fn commit(conn: &Connection, mut batch: Vec<Box<dyn Job>>) -> bool {
+/// Runs the batch in one transaction and answers every write; true when it committed (then
+/// counted in `commits` before any answer, so a caller that has its answer sees the count).
+fn commit(conn: &Connection, mut batch: Vec<Box<dyn Job>>, commits: &AtomicU64) -> bool {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         fail(batch, e);
         return false;
@@ -184,6 +183,7 @@ fn commit(conn: &Connection, mut batch: Vec<Box<dyn Job>>) -> bool {
     }
     match conn.execute_batch("COMMIT") {
         Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
             batch.into_iter().for_each(|job| job.answer(Ok(())));
             true
         }
@@ -275,7 +275,7 @@ mod tests {
             Err(StoreError::Backend("refused".into()))
         });
         let (c, c_rx) = job(insert(3));
-        assert!(commit(&conn, vec![a, b, c]));
+        assert!(commit(&conn, vec![a, b, c], &AtomicU64::new(0)));
         assert_eq!(answer(&a_rx).unwrap(), 1);
         assert!(answer(&b_rx).is_err());
         assert_eq!(answer(&c_rx).unwrap(), 3);
@@ -292,7 +292,7 @@ mod tests {
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             Ok(0)
         });
-        assert!(!commit(&conn, vec![a, b]));
+        assert!(!commit(&conn, vec![a, b], &AtomicU64::new(0)));
         assert!(answer(&a_rx).is_err(), "no write is acknowledged");
         assert!(answer(&b_rx).is_err());
         assert!(conn.is_autocommit(), "the transaction is closed");
@@ -300,7 +300,7 @@ mod tests {
 
         // The next batch commits normally.
         let (c, c_rx) = job(insert(3));
-        assert!(commit(&conn, vec![c]));
+        assert!(commit(&conn, vec![c], &AtomicU64::new(0)));
         assert_eq!(answer(&c_rx).unwrap(), 3);
         assert_eq!(ids(&conn), vec![3]);
     }
@@ -313,7 +313,7 @@ mod tests {
             panic!("boom")
         });
         let (b, b_rx) = job(insert(2));
-        assert!(commit(&conn, vec![a, b]));
+        assert!(commit(&conn, vec![a, b], &AtomicU64::new(0)));
         assert!(a_rx.recv().unwrap().is_err(), "the panic comes back");
         assert_eq!(answer(&b_rx).unwrap(), 2);
         assert_eq!(ids(&conn), vec![2]);

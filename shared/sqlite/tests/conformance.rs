@@ -77,6 +77,7 @@ async fn sqlite_data_survives_reopening() {
         wake_at: None,
         output: Some(json!({"reserved": true})),
         error: None,
+        planned: Vec::new(),
     };
 
     {

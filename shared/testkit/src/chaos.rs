@@ -511,6 +511,37 @@ impl<S: Store + ?Sized> ChaosStore<S> {
         }
     }
 
+    /// Runs a write that records `outcome` for a step, watching it: in flight while it runs,
+    /// then recorded (once) if the store says so.
+    async fn watched(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        outcome: &StepOutcome,
+        write: impl std::future::Future<Output = StoreResult<bool>>,
+    ) -> StoreResult<bool> {
+        let key = (run_id.to_string(), step_id.to_string());
+        lock(&self.watch)
+            .in_flight
+            .entry(key.clone())
+            .or_default()
+            .push(outcome.clone());
+        let r = write.await;
+        if let Ok(true) = r {
+            self.watch_finish(run_id, step_id, outcome);
+        }
+        let mut watch = lock(&self.watch);
+        if let Some(outcomes) = watch.in_flight.get_mut(&key) {
+            if let Some(i) = outcomes.iter().position(|o| o == outcome) {
+                outcomes.remove(i);
+            }
+            if outcomes.is_empty() {
+                watch.in_flight.remove(&key);
+            }
+        }
+        r
+    }
+
     /// Yields (maybe), then decides the operation's fault: Before fails here.
     async fn enter(&self, op: &'static str) -> StoreResult<Fault> {
         self.faults.interleave().await;
@@ -662,13 +693,12 @@ impl<S: Store + ?Sized> Store for ChaosStore<S> {
 
     async fn begin_attempt(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let fault = self.enter("begin_attempt").await?;
-        let r = self.inner.begin_attempt(run_id, step_id, attempt, at).await;
+        let r = self.inner.begin_attempt(step, attempt, at).await;
         leave(fault, r)
     }
 
@@ -696,27 +726,23 @@ impl<S: Store + ?Sized> Store for ChaosStore<S> {
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let fault = self.enter("finish_step").await?;
-        let key = (run_id.to_string(), step_id.to_string());
-        lock(&self.watch)
-            .in_flight
-            .entry(key.clone())
-            .or_default()
-            .push(outcome.clone());
-        let r = self.inner.finish_step(run_id, step_id, outcome, at).await;
-        if let Ok(true) = r {
-            self.watch_finish(run_id, step_id, outcome);
-        }
-        {
-            let mut watch = lock(&self.watch);
-            if let Some(outcomes) = watch.in_flight.get_mut(&key) {
-                if let Some(i) = outcomes.iter().position(|o| o == outcome) {
-                    outcomes.remove(i);
-                }
-                if outcomes.is_empty() {
-                    watch.in_flight.remove(&key);
-                }
-            }
-        }
+        let r = self
+            .watched(run_id, step_id, outcome, self.inner.finish_step(run_id, step_id, outcome, at))
+            .await;
+        leave(fault, r)
+    }
+
+    async fn record_step(&self, step: &StepRecord, next: &[StepRecord]) -> StoreResult<bool> {
+        let fault = self.enter("record_step").await?;
+        let outcome = match step.status {
+            StepStatus::Failed => StepOutcome::Failed(step.error.clone().unwrap_or_else(|| {
+                ErrorInfo::new("Error", "a failed step without an error")
+            })),
+            _ => StepOutcome::Completed(step.output.clone().unwrap_or_default()),
+        };
+        let r = self
+            .watched(&step.run_id, &step.step_id, &outcome, self.inner.record_step(step, next))
+            .await;
         leave(fault, r)
     }
 }

@@ -136,6 +136,7 @@ mod tests {
             wake_at: None,
             output: None,
             error: None,
+            planned: Vec::new(),
         }
     }
 

@@ -121,8 +121,12 @@ struct State {
     progress: Option<Progress>,
     /// Messages to send once the pass ends (retries).
     outbox: Vec<(Message, Duration)>,
-    /// This invocation recorded the result of its target step.
-    target_recorded: bool,
+    /// The result of the target step, final, not yet written: the engine writes it when the
+    /// pass ends, with the steps the run goes on to ([`crate::Store::record_step`]).
+    finished: Option<StepRecord>,
+    /// The target's result was written during the pass (before a journaled send): true when
+    /// this pass recorded it, false when another handler had (the pass then stops).
+    recorded: Option<bool>,
 }
 
 /// Decrements the active count when a body ends, however it ends, and wakes the driver.
@@ -151,7 +155,13 @@ pub(crate) struct PassResult {
     pub outbox: Vec<(Message, Duration)>,
     /// Journal entries the pass never reached.
     pub unvisited: Vec<String>,
+    /// The target step's result, to be written ([`State::finished`]).
+    pub finished: Option<StepRecord>,
+    /// This invocation recorded the result of its target step.
     pub target_recorded: bool,
+    /// Another handler had recorded the target step: the pass went on with an output that is
+    /// not the journal's, and must be replayed.
+    pub lost: bool,
 }
 
 impl Ctx {
@@ -246,7 +256,7 @@ impl Ctx {
         } else {
             engine
                 .store()
-                .begin_attempt(run_id, &step_id, attempt, started)
+                .begin_attempt(&record, attempt, started)
                 .await
         };
         match begun {
@@ -323,26 +333,18 @@ impl Ctx {
             }
             Err(err) => StepOutcome::Failed(err.info()),
         };
-        match engine
-            .store()
-            .finish_step(run_id, &step_id, &outcome, ended)
-            .await
-        {
-            Err(e) => self.interrupt(e.into()).await,
-            Ok(false) => self.reread::<T>(&step_id, name, _active).await,
-            Ok(true) => {
-                let mut record = record;
-                record.attempts = attempt;
-                record.ended_at = Some(ended);
-                set_outcome(&mut record, outcome);
-                let result = journaled::<T>(&record).expect("a finished step is final");
-                self.remember(&record);
-                let mut state = self.state();
-                state.journal.insert(step_id, record);
-                state.target_recorded = true;
-                result
-            }
-        }
+        // The result is written when the pass ends, in one write with the steps the run goes
+        // on to: the code after this step runs first, so that write knows them.
+        let mut record = record;
+        record.attempts = attempt;
+        record.started_at.get_or_insert(started);
+        record.ended_at = Some(ended);
+        set_outcome(&mut record, outcome);
+        let result = journaled::<T>(&record).expect("a finished step is final");
+        let mut state = self.state();
+        state.journal.insert(step_id, record.clone());
+        state.finished = Some(record);
+        result
     }
 
     /// Fan-out: runs `step` once per item, at most `parallelism` (at least 1) at a time,
@@ -641,6 +643,7 @@ impl Ctx {
             return done;
         }
         let _active = self.activate();
+        self.record_finished().await;
         let engine = &self.inner.engine;
         let record =
             existing.unwrap_or_else(|| self.new_record(&step_id, name, StepKind::SendEvent, None));
@@ -701,7 +704,9 @@ impl Ctx {
         kind: StepKind,
     ) -> Result<(String, Option<StepRecord>), Error> {
         let (step_id, mut existing) = self.assign(name, kind)?;
-        if existing.is_none() && self.inner.partial {
+        // The target's entry is not read: starting its attempt tells whether it may run.
+        let is_target = self.inner.target.as_ref().is_some_and(|t| t.step_id == step_id);
+        if existing.is_none() && self.inner.partial && !is_target {
             // The journal came from the cache, which holds final entries only: read this one.
             // Counted as active, so the pass does not end while the read is in flight.
             let _active = self.activate();
@@ -721,7 +726,14 @@ impl Ctx {
                     self.state().journal.insert(step_id.clone(), record.clone());
                     existing = Some(record);
                 }
-                Ok(None) => {}
+                // Planned in the result of a step the replay passed (kept on that step's entry
+                // until it starts): planned, not new.
+                Ok(None) => {
+                    if let Some(record) = self.planned_by_known(&step_id) {
+                        self.state().journal.insert(step_id.clone(), record.clone());
+                        existing = Some(record);
+                    }
+                }
             }
         }
         if let Some(record) = &existing {
@@ -737,6 +749,16 @@ impl Ctx {
             }
         }
         Ok((step_id, existing))
+    }
+
+    /// `step_id` as planned in the result of a step this pass knows ([`StepRecord::planned`]).
+    fn planned_by_known(&self, step_id: &str) -> Option<StepRecord> {
+        self.state()
+            .journal
+            .values()
+            .flat_map(|s| &s.planned)
+            .find(|p| p.step_id == step_id)
+            .cloned()
     }
 
     /// Assigns the next step id (and sequence number) for `name`; its journal entry if known.
@@ -809,6 +831,7 @@ impl Ctx {
             wake_at,
             output: None,
             error: None,
+            planned: Vec::new(),
         }
     }
 
@@ -834,6 +857,27 @@ impl Ctx {
             }
         }
         std::future::pending().await
+    }
+
+    /// Writes the target step's result now, not when the pass ends, because code after it is
+    /// about to journal a step of its own: a later step is never final before an earlier one.
+    /// Returns when the pass may go on (never when another handler had recorded the step).
+    async fn record_finished(&self) {
+        let Some(step) = self.state().finished.take() else {
+            return;
+        };
+        match self.inner.engine.store().record_step(&step, &[]).await {
+            Err(e) => self.interrupt(e.into()).await,
+            Ok(true) => {
+                self.remember(&step);
+                self.state().recorded = Some(true);
+            }
+            Ok(false) => {
+                self.state().recorded = Some(false);
+                self.inner.wake.notify_one();
+                std::future::pending().await
+            }
+        }
     }
 
     /// Puts a final entry in the engine's journal cache.
@@ -919,7 +963,7 @@ impl Ctx {
             }
             {
                 let state = self.state();
-                if state.interrupted.is_some() || state.fatal.is_some() {
+                if state.interrupted.is_some() || state.fatal.is_some() || state.recorded == Some(false) {
                     break PassEnd::Blocked;
                 }
                 // Blocked: nothing runs and the run waits on planned steps or a retry.
@@ -948,7 +992,9 @@ impl Ctx {
             progress: state.progress.take(),
             outbox: std::mem::take(&mut state.outbox),
             unvisited,
-            target_recorded: state.target_recorded,
+            finished: state.finished.take(),
+            target_recorded: state.recorded == Some(true),
+            lost: state.recorded == Some(false),
         }
     }
 }

@@ -885,23 +885,48 @@ impl Engine {
             woken,
             now,
         );
-        let pass = ctx.share().run_pass(handler(ctx, run.event.clone())).await;
+        let mut pass = ctx.share().run_pass(handler(ctx, run.event.clone())).await;
+        let own_queue = message.queue();
+        // The target step's result, with the new steps the run goes on to in the same write.
+        let mut planned = Vec::new();
+        let mut lost = pass.lost;
+        if let Some(step) = pass.finished.take() {
+            let next = self.planned_with_result(&run, &function, &pass, (scope, &own_queue));
+            if store.record_step(&step, &next).await? {
+                // As a replay reading it back would see it: with the steps it planned.
+                let step = StepRecord {
+                    planned: next.clone(),
+                    ..step
+                };
+                self.journal_cache().remember(&run.run_id, [&step]);
+                pass.target_recorded = true;
+                planned = next;
+            } else {
+                // Another handler recorded this step first (a duplicate message): what this
+                // pass did after it used an output that is not the journal's. Replay again.
+                lost = true;
+            }
+        }
         // This handler recorded its step, but the run waits on parallel steps planned earlier.
         // One of them may have been recorded after our journal read: read again (strongly
         // consistent) and replay, so the last branch to finish always plans the join.
-        let recheck = pass.target_recorded
-            && matches!(pass.end, PassEnd::Blocked)
-            && pass.pending.iter().any(|p| !p.is_new);
-        let own_queue = message.queue();
-        let next = self
-            .conclude(
+        let recheck = lost
+            || (pass.target_recorded
+                && matches!(pass.end, PassEnd::Blocked)
+                && pass.pending.iter().any(|p| !p.is_new));
+        let next = if lost {
+            None
+        } else {
+            self.conclude(
                 &run,
                 &function,
                 pass,
                 message.kind == MessageKind::Redrive,
                 (scope, &own_queue),
+                planned,
             )
-            .await?;
+            .await?
+        };
         if recheck {
             let journal = store.journal(&run.run_id).await?;
             self.journal_cache().remember(&run.run_id, &journal);
@@ -920,12 +945,78 @@ impl Engine {
             // pass planned): it is not the redelivery of a handler that died before sending,
             // so steps planned but not started are not sent again (a duplicate of a step still
             // running would begin the same attempt twice).
-            pass.target_recorded = true;
+            pass.target_recorded = !lost;
             return self
-                .conclude(&run, &function, pass, false, (scope, &own_queue))
+                .conclude(&run, &function, pass, false, (scope, &own_queue), Vec::new())
                 .await;
         }
         Ok(next)
+    }
+
+    /// Steps planned at most in one write with a step's result: beyond them, each is planned
+    /// on its own (a DynamoDB item holds them all, and stays small).
+    const MAX_PLANNED_WITH_RESULT: usize = 16;
+
+    /// The new steps a pass that recorded its target step plans in the same write: those it
+    /// is blocked on, when it ended blocked and sound. The one step that runs next in this
+    /// invocation ([`InlineScope`]) is planned already started.
+    fn planned_with_result(
+        &self,
+        run: &RunRecord,
+        function: &Function,
+        pass: &PassResult,
+        (scope, own_queue): (InlineScope, &crate::model::QueueName),
+    ) -> Vec<StepRecord> {
+        let sound = pass.fatal.is_none() && pass.interrupted.is_none() && pass.unvisited.is_empty();
+        if !matches!(pass.end, PassEnd::Blocked) || !sound {
+            return Vec::new();
+        }
+        let now = self.now();
+        let inline = self.runs_inline(run, function, &pass.pending, (scope, own_queue), now);
+        pass.pending
+            .iter()
+            .filter(|p| p.is_new && p.wait.is_none() && p.record.kind == StepKind::Run)
+            .take(Self::MAX_PLANNED_WITH_RESULT)
+            .map(|p| {
+                let mut record = p.record.clone();
+                if inline {
+                    started(&mut record, now);
+                }
+                record
+            })
+            .collect()
+    }
+
+    /// Whether the one step the run waits on runs in this invocation: it is new, a step of
+    /// code, on a queue the scope allows, due now, and its timeout fits.
+    fn runs_inline(
+        &self,
+        run: &RunRecord,
+        function: &Function,
+        pending: &[Pending],
+        (scope, own_queue): (InlineScope, &crate::model::QueueName),
+        now: DateTime<Utc>,
+    ) -> bool {
+        let [Pending {
+            record,
+            is_new: true,
+            wait: None,
+        }] = pending
+        else {
+            return false;
+        };
+        if record.kind != StepKind::Run {
+            return false;
+        }
+        let queue = crate::model::QueueName::Step {
+            function_id: run.function_id.clone(),
+            step: record.name.clone(),
+        };
+        let allowed = function
+            .steps
+            .get(&record.name)
+            .is_some_and(|c| scope.allows(own_queue, &queue, c.timeout));
+        allowed && record.wake_at.is_none_or(|at| at <= now)
     }
 
     async fn conclude(
@@ -935,6 +1026,7 @@ impl Engine {
         pass: PassResult,
         redrive: bool,
         (scope, own_queue): (InlineScope, &crate::model::QueueName),
+        planned: Vec<StepRecord>,
     ) -> Result<Option<Inlined>, EngineError> {
         let store = self.store();
         let progressed = pass.target_recorded || !pass.outbox.is_empty();
@@ -987,29 +1079,13 @@ impl Engine {
             PassEnd::Blocked => {
                 let now = self.now();
                 // The one step the run waits on runs in this invocation when it is new, on
-                // the same queue, due now and its timeout fits: it is planned already claimed
-                // (Running, attempt 1: one write instead of a plan and an attempt start) and
-                // its message is not sent.
-                let inline_step = match pass.pending.as_slice() {
-                    [
-                        Pending {
-                            record,
-                            is_new: true,
-                            ..
-                        },
-                    ] if record.kind == StepKind::Run => {
-                        let queue = crate::model::QueueName::Step {
-                            function_id: run.function_id.clone(),
-                            step: record.name.clone(),
-                        };
-                        let allowed = function
-                            .steps
-                            .get(&record.name)
-                            .is_some_and(|c| scope.allows(own_queue, &queue, c.timeout));
-                        let due = record.wake_at.is_none_or(|at| at <= now);
-                        allowed && due
-                    }
-                    _ => false,
+                // the same queue, due now and its timeout fits: it is planned already started
+                // (Running, attempt 1: no attempt start to write) and its message is not sent.
+                // With a recorded result it was planned in that write.
+                let inline_step = if pass.target_recorded {
+                    planned.iter().any(|r| r.status == StepStatus::Running)
+                } else {
+                    self.runs_inline(run, function, &pass.pending, (scope, own_queue), now)
                 };
                 let mut batch = Vec::new();
                 let mut unstarted = Vec::new();
@@ -1037,10 +1113,17 @@ impl Engine {
                         }
                         continue;
                     }
-                    if is_new && inline_step {
-                        record.status = StepStatus::Running;
-                        record.attempts = 1;
-                        record.started_at = Some(now);
+                    if let Some(record) = planned.iter().find(|r| r.step_id == record.step_id) {
+                        if inline_step {
+                            self.send(batch).await?;
+                            return Ok(Some(Inlined {
+                                message: self.continuation(run, record).message,
+                                record: record.clone(),
+                            }));
+                        }
+                        batch.push(self.continuation(run, record));
+                    } else if is_new && inline_step {
+                        started(&mut record, now);
                         if store.plan_step(&record).await? {
                             self.send(batch).await?;
                             return Ok(Some(Inlined {
@@ -1316,6 +1399,13 @@ fn executor_is_gone(function: &Function, step: &StepRecord, now: DateTime<Utc>) 
         .get(&step.name)
         .map_or(Duration::ZERO, |c| c.timeout);
     now > later(started, timeout.saturating_add(EXECUTOR_GRACE))
+}
+
+/// A step planned already started: by the invocation that planned it, which runs it next.
+fn started(record: &mut StepRecord, now: DateTime<Utc>) {
+    record.status = StepStatus::Running;
+    record.attempts = 1;
+    record.started_at = Some(now);
 }
 
 fn start_message(run_id: &str, function_id: &str) -> Message {

@@ -31,6 +31,10 @@ struct State {
     runs_by_event: HashMap<String, BTreeSet<String>>,
     /// run id -> step id -> step.
     steps: HashMap<String, HashMap<String, StepRecord>>,
+    /// run id -> step id -> a step planned in another step's result and not started: kept
+    /// beside that result, not as an entry of its own, as DynamoDB keeps it (so the engine's
+    /// tests on this store take the path a DynamoDB deployment takes).
+    plans: HashMap<String, HashMap<String, StepRecord>>,
     /// (key, id) -> entry, ordered so a key's entries are one range.
     entries: BTreeMap<(String, String), Entry>,
 }
@@ -184,11 +188,18 @@ impl Store for MemoryStore {
 
     async fn journal(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {
         let state = self.state();
-        let mut steps: Vec<StepRecord> = state
-            .steps
-            .get(run_id)
+        let entries = state.steps.get(run_id);
+        let mut steps: Vec<StepRecord> = entries
             .map(|s| s.values().cloned().collect())
             .unwrap_or_default();
+        if let Some(plans) = state.plans.get(run_id) {
+            steps.extend(
+                plans
+                    .values()
+                    .filter(|p| entries.is_none_or(|e| !e.contains_key(&p.step_id)))
+                    .cloned(),
+            );
+        }
         // step_id breaks ties so the order is deterministic even if seq were reused.
         steps.sort_by(|a, b| (a.seq, &a.step_id).cmp(&(b.seq, &b.step_id)));
         Ok(steps)
@@ -215,20 +226,24 @@ impl Store for MemoryStore {
 
     async fn begin_attempt(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let mut state = self.state();
-        let Some(step) =
-            Self::open_step(&mut state, run_id, step_id).filter(|s| s.attempts <= attempt)
-        else {
+        let steps = state.steps.entry(step.run_id.clone()).or_default();
+        let current = steps
+            .entry(step.step_id.clone())
+            .or_insert_with(|| StepRecord {
+                attempts: 0,
+                ..step.clone()
+            });
+        if current.status.is_final() || current.attempts > attempt {
             return Ok(false);
-        };
-        step.status = StepStatus::Running;
-        step.attempts = attempt;
-        step.started_at.get_or_insert(at);
+        }
+        current.status = StepStatus::Running;
+        current.attempts = attempt;
+        current.started_at.get_or_insert(at);
         Ok(true)
     }
 
@@ -278,6 +293,38 @@ impl Store for MemoryStore {
             }
         }
         step.ended_at = Some(at);
+        Ok(true)
+    }
+
+    async fn record_step(&self, step: &StepRecord, next: &[StepRecord]) -> StoreResult<bool> {
+        let mut state = self.state();
+        let steps = state.steps.entry(step.run_id.clone()).or_default();
+        let planned = next.to_vec();
+        match steps.get_mut(&step.step_id) {
+            Some(current) if current.status.is_final() => return Ok(false),
+            Some(current) => {
+                current.status = step.status;
+                current.attempts = step.attempts;
+                current.started_at = current.started_at.or(step.started_at);
+                current.ended_at = step.ended_at;
+                current.output = step.output.clone();
+                current.error = step.error.clone();
+                current.planned = planned;
+            }
+            None => {
+                steps.insert(
+                    step.step_id.clone(),
+                    StepRecord {
+                        planned,
+                        ..step.clone()
+                    },
+                );
+            }
+        }
+        let plans = state.plans.entry(step.run_id.clone()).or_default();
+        for n in next {
+            plans.entry(n.step_id.clone()).or_insert_with(|| n.clone());
+        }
         Ok(true)
     }
 

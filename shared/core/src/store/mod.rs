@@ -100,13 +100,14 @@ pub trait Store: Send + Sync + 'static {
     /// scheduled"). True when written: the caller then enqueues it.
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool>;
 
-    /// Starts attempt `attempt` (1-based): applied when the step is not final and its
-    /// attempt counter is at most `attempt`; sets status Running, the counter, and the start
-    /// time if unset. A redelivered message may start the same attempt again.
+    /// Starts attempt `attempt` (1-based) of `step`, the step as the caller knows it (as planned):
+    /// applied when the step is absent (it is then written from `step`: a step planned in the
+    /// result of the one before it, see [`Store::record_step`]) or not final with an attempt
+    /// counter of at most `attempt`; sets status Running, the counter, and the start time if
+    /// unset. A redelivered message may start the same attempt again.
     async fn begin_attempt(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
@@ -131,6 +132,18 @@ pub trait Store: Send + Sync + 'static {
         outcome: &StepOutcome,
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    /// Journals the result of `step` (final: its status, output or error, attempts, start and
+    /// end) and plans `next` in one write: the handler's step and the steps its run goes on to.
+    /// Applied only when the step is absent (it is written whole: a step started by the
+    /// handler that planned it) or not final, so a recorded output is never overwritten; `next`
+    /// is planned only then, each step unless already there ([`Store::plan_step`]). True when
+    /// this call recorded it.
+    ///
+    /// A backend may keep `next` on `step`'s own entry until each starts (DynamoDB: one item
+    /// written instead of one per step): [`Store::journal`] lists them as planned, while
+    /// [`Store::get_step`] does not find them; the entry's [`StepRecord::planned`] holds them.
+    async fn record_step(&self, step: &StepRecord, next: &[StepRecord]) -> StoreResult<bool>;
 
     // ---- coordination entries ----
     //
