@@ -124,6 +124,10 @@ struct State {
     /// The result of the target step, final, not yet written: the engine writes it when the
     /// pass ends, with the steps the run goes on to ([`crate::Store::record_step`]).
     finished: Option<StepRecord>,
+    /// The scope (branch) of the target step once its body ended in this pass: the steps after
+    /// it in that scope are new unless the journal has them (nothing could plan them before
+    /// the target's result, and that result is written after this pass, or the pass is lost).
+    after_target: Option<String>,
     /// The target's result was written during the pass (before a journaled send): true when
     /// this pass recorded it, false when another handler had (the pass then stops).
     recorded: Option<bool>,
@@ -344,6 +348,7 @@ impl Ctx {
         let mut state = self.state();
         state.journal.insert(step_id, record.clone());
         state.finished = Some(record);
+        state.after_target = Some(self.scope.clone());
         result
     }
 
@@ -706,7 +711,8 @@ impl Ctx {
         let (step_id, mut existing) = self.assign(name, kind)?;
         // The target's entry is not read: starting its attempt tells whether it may run.
         let is_target = self.inner.target.as_ref().is_some_and(|t| t.step_id == step_id);
-        if existing.is_none() && self.inner.partial && !is_target {
+        let after_target = self.state().after_target.as_ref() == Some(&self.scope);
+        if existing.is_none() && self.inner.partial && !is_target && !after_target {
             // The journal came from the cache, which holds final entries only: read this one.
             // Counted as active, so the pass does not end while the read is in flight.
             let _active = self.activate();
