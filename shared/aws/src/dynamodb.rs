@@ -1276,7 +1276,8 @@ impl Update {
     fn set_if_absent(&mut self, attr: &str, value: AttributeValue) {
         let name = self.expr.name(attr);
         let value = self.expr.value(attr, value);
-        self.set.push(format!("{name} = if_not_exists({name}, {value})"));
+        self.set
+            .push(format!("{name} = if_not_exists({name}, {value})"));
     }
 
     /// What a write that may create a step item sets on it (an existing item keeps its own).
@@ -1923,7 +1924,10 @@ impl Store for DynamoStore {
         if let Some(started) = step.started_at {
             update.set_if_absent("started_at", AttributeValue::S(ts_string(started)));
         }
-        update.set_or_remove("ended_at", step.ended_at.map(|t| AttributeValue::S(ts_string(t))));
+        update.set_or_remove(
+            "ended_at",
+            step.ended_at.map(|t| AttributeValue::S(ts_string(t))),
+        );
         let next = (!next.is_empty())
             .then(|| serde_json::to_string(next))
             .transpose()

@@ -924,7 +924,10 @@ impl Store for SqliteStore {
 
     async fn record_step(&self, step: &StepRecord, next: &[StepRecord]) -> StoreResult<bool> {
         let row = StepRow::of(step)?;
-        let next = next.iter().map(StepRow::of).collect::<StoreResult<Vec<_>>>()?;
+        let next = next
+            .iter()
+            .map(StepRow::of)
+            .collect::<StoreResult<Vec<_>>>()?;
         self.write(move |conn| {
             let recorded = insert_step(
                 conn,

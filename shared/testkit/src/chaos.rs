@@ -727,7 +727,12 @@ impl<S: Store + ?Sized> Store for ChaosStore<S> {
     ) -> StoreResult<bool> {
         let fault = self.enter("finish_step").await?;
         let r = self
-            .watched(run_id, step_id, outcome, self.inner.finish_step(run_id, step_id, outcome, at))
+            .watched(
+                run_id,
+                step_id,
+                outcome,
+                self.inner.finish_step(run_id, step_id, outcome, at),
+            )
             .await;
         leave(fault, r)
     }
@@ -735,13 +740,20 @@ impl<S: Store + ?Sized> Store for ChaosStore<S> {
     async fn record_step(&self, step: &StepRecord, next: &[StepRecord]) -> StoreResult<bool> {
         let fault = self.enter("record_step").await?;
         let outcome = match step.status {
-            StepStatus::Failed => StepOutcome::Failed(step.error.clone().unwrap_or_else(|| {
-                ErrorInfo::new("Error", "a failed step without an error")
-            })),
+            StepStatus::Failed => StepOutcome::Failed(
+                step.error
+                    .clone()
+                    .unwrap_or_else(|| ErrorInfo::new("Error", "a failed step without an error")),
+            ),
             _ => StepOutcome::Completed(step.output.clone().unwrap_or_default()),
         };
         let r = self
-            .watched(&step.run_id, &step.step_id, &outcome, self.inner.record_step(step, next))
+            .watched(
+                &step.run_id,
+                &step.step_id,
+                &outcome,
+                self.inner.record_step(step, next),
+            )
             .await;
         leave(fault, r)
     }

@@ -1129,7 +1129,10 @@ pub async fn begin_attempt(store: &dyn Store) {
             .unwrap()
     );
     assert!(
-        !store.begin_attempt(&step(&run_id, "f", 0), 1, at(6)).await.unwrap(),
+        !store
+            .begin_attempt(&step(&run_id, "f", 0), 1, at(6))
+            .await
+            .unwrap(),
         "no attempt starts on a failed step"
     );
 
@@ -1139,7 +1142,12 @@ pub async fn begin_attempt(store: &dyn Store) {
         ..step(&run_id, "p", 2)
     };
     plan(store, &preset).await;
-    assert!(store.begin_attempt(&step(&run_id, "p", 0), 1, at(7)).await.unwrap());
+    assert!(
+        store
+            .begin_attempt(&step(&run_id, "p", 0), 1, at(7))
+            .await
+            .unwrap()
+    );
     assert_eq!(get_step(store, &run_id, "p").await.started_at, Some(at(-5)));
 
     // A step planned in the result of the one before it may have no entry of its own: its
@@ -1159,7 +1167,12 @@ pub async fn begin_attempt(store: &dyn Store) {
         }
     );
     let other_run = new_id();
-    assert!(store.begin_attempt(&step(&other_run, "s", 0), 1, at(0)).await.unwrap());
+    assert!(
+        store
+            .begin_attempt(&step(&other_run, "s", 0), 1, at(0))
+            .await
+            .unwrap()
+    );
     assert_eq!(store.journal(&other_run).await.unwrap().len(), 1);
 }
 
@@ -1168,7 +1181,12 @@ pub async fn begin_attempt(store: &dyn Store) {
 pub async fn record_step(store: &dyn Store) {
     let run_id = new_id();
     plan(store, &step(&run_id, "a", 0)).await;
-    assert!(store.begin_attempt(&step(&run_id, "a", 0), 1, at(1)).await.unwrap());
+    assert!(
+        store
+            .begin_attempt(&step(&run_id, "a", 0), 1, at(1))
+            .await
+            .unwrap()
+    );
     let done = StepRecord {
         status: StepStatus::Completed,
         attempts: 1,
@@ -1178,7 +1196,12 @@ pub async fn record_step(store: &dyn Store) {
         ..step(&run_id, "a", 0)
     };
     let (b, c) = (step(&run_id, "b", 1), step(&run_id, "c", 2));
-    assert!(store.record_step(&done, &[b.clone(), c.clone()]).await.unwrap());
+    assert!(
+        store
+            .record_step(&done, &[b.clone(), c.clone()])
+            .await
+            .unwrap()
+    );
     let journal = store.journal(&run_id).await.unwrap();
     let found = |id: &str| journal.iter().find(|s| s.step_id == id).cloned();
     let a = found("a").expect("a in the journal");
@@ -1190,11 +1213,18 @@ pub async fn record_step(store: &dyn Store) {
         done
     );
     assert_eq!(
-        journal.iter().map(|s| s.step_id.as_str()).collect::<Vec<_>>(),
+        journal
+            .iter()
+            .map(|s| s.step_id.as_str())
+            .collect::<Vec<_>>(),
         ["a", "b", "c"]
     );
     for planned in [&b, &c] {
-        assert_eq!(found(&planned.step_id).as_ref(), Some(planned), "planned as given");
+        assert_eq!(
+            found(&planned.step_id).as_ref(),
+            Some(planned),
+            "planned as given"
+        );
         // Kept on a's entry (then a holds it), or an entry of its own.
         match store.get_step(&run_id, &planned.step_id).await.unwrap() {
             Some(own) => assert_eq!(&own, planned),
@@ -1207,16 +1237,28 @@ pub async fn record_step(store: &dyn Store) {
         output: Some(json!({"n": 2})),
         ..done.clone()
     };
-    assert!(!store.record_step(&other, &[step(&run_id, "d", 3)]).await.unwrap());
+    assert!(
+        !store
+            .record_step(&other, &[step(&run_id, "d", 3)])
+            .await
+            .unwrap()
+    );
     let journal = store.journal(&run_id).await.unwrap();
-    assert_eq!(journal.len(), 3, "d is not planned by a result that was not recorded");
+    assert_eq!(
+        journal.len(),
+        3,
+        "d is not planned by a result that was not recorded"
+    );
     assert_eq!(journal[0].output, Some(json!({"n": 1})));
 
     // A planned step starts (its entry is written), then its result is recorded: it is in the
     // journal once, final.
     assert!(store.begin_attempt(&b, 1, at(3)).await.unwrap());
     let b_running = get_step(store, &run_id, "b").await;
-    assert_eq!((b_running.status, b_running.attempts), (StepStatus::Running, 1));
+    assert_eq!(
+        (b_running.status, b_running.attempts),
+        (StepStatus::Running, 1)
+    );
     let b_failed = StepRecord {
         status: StepStatus::Failed,
         attempts: 1,
@@ -1248,7 +1290,10 @@ pub async fn record_step(store: &dyn Store) {
     };
     assert!(store.record_step(&inline, &[]).await.unwrap());
     assert_eq!(get_step(store, &run_id, "x").await, inline);
-    assert!(!store.record_step(&inline, &[]).await.unwrap(), "recorded once");
+    assert!(
+        !store.record_step(&inline, &[]).await.unwrap(),
+        "recorded once"
+    );
 }
 
 /// A retry applies only to the current attempt of a step that is not final.
@@ -1265,7 +1310,12 @@ pub async fn retry_step(store: &dyn Store) {
             .unwrap(),
         "no retry of an attempt that has not started"
     );
-    assert!(store.begin_attempt(&step(&run_id, "s", 0), 1, at(10)).await.unwrap());
+    assert!(
+        store
+            .begin_attempt(&step(&run_id, "s", 0), 1, at(10))
+            .await
+            .unwrap()
+    );
     assert!(
         store
             .retry_step(&run_id, "s", 1, &e1, at(100))
@@ -1312,7 +1362,12 @@ pub async fn retry_step(store: &dyn Store) {
         "refused retries must not change the step"
     );
 
-    assert!(store.begin_attempt(&step(&run_id, "s", 0), 2, at(100)).await.unwrap());
+    assert!(
+        store
+            .begin_attempt(&step(&run_id, "s", 0), 2, at(100))
+            .await
+            .unwrap()
+    );
     let s = get_step(store, &run_id, "s").await;
     assert_eq!((s.status, s.attempts), (StepStatus::Running, 2));
     assert_eq!(
@@ -1335,7 +1390,12 @@ pub async fn retry_step(store: &dyn Store) {
     );
     assert_eq!(get_step(store, &run_id, "s").await.error, Some(e2.clone()));
 
-    assert!(store.begin_attempt(&step(&run_id, "s", 0), 3, at(300)).await.unwrap());
+    assert!(
+        store
+            .begin_attempt(&step(&run_id, "s", 0), 3, at(300))
+            .await
+            .unwrap()
+    );
     let failed = StepOutcome::Failed(ErrorInfo::new("HttpError", "gave up"));
     assert!(
         store
@@ -1366,10 +1426,20 @@ pub async fn retry_step(store: &dyn Store) {
 pub async fn finish_step(store: &dyn Store) {
     let run_id = new_id();
     plan(store, &step(&run_id, "ok", 0)).await;
-    assert!(store.begin_attempt(&step(&run_id, "ok", 0), 1, at(1)).await.unwrap());
+    assert!(
+        store
+            .begin_attempt(&step(&run_id, "ok", 0), 1, at(1))
+            .await
+            .unwrap()
+    );
     let e = ErrorInfo::new("Flaky", "first try");
     assert!(store.retry_step(&run_id, "ok", 1, &e, at(2)).await.unwrap());
-    assert!(store.begin_attempt(&step(&run_id, "ok", 0), 2, at(2)).await.unwrap());
+    assert!(
+        store
+            .begin_attempt(&step(&run_id, "ok", 0), 2, at(2))
+            .await
+            .unwrap()
+    );
 
     let output = json!({"charge": "ch_1", "amount": 1999});
     assert!(
@@ -1498,14 +1568,24 @@ pub async fn runs_do_not_interfere(store: &dyn Store) {
     }
     let b_before = (get_run(store, &b).await, store.journal(&b).await.unwrap());
 
-    assert!(store.begin_attempt(&step(&a, "charge", 0), 1, at(1)).await.unwrap());
+    assert!(
+        store
+            .begin_attempt(&step(&a, "charge", 0), 1, at(1))
+            .await
+            .unwrap()
+    );
     assert!(
         store
             .retry_step(&a, "charge", 1, &ErrorInfo::new("E", "x"), at(2))
             .await
             .unwrap()
     );
-    assert!(store.begin_attempt(&step(&a, "charge", 0), 2, at(2)).await.unwrap());
+    assert!(
+        store
+            .begin_attempt(&step(&a, "charge", 0), 2, at(2))
+            .await
+            .unwrap()
+    );
     assert!(
         store
             .finish_step(&a, "charge", &StepOutcome::Completed(json!("a")), at(3))
@@ -1556,7 +1636,12 @@ const WRITERS: usize = 8;
 pub async fn concurrent_finish_step(store: Arc<dyn Store>) {
     let run_id = new_id();
     plan(store.as_ref(), &step(&run_id, "s", 0)).await;
-    assert!(store.begin_attempt(&step(&run_id, "s", 0), 1, at(1)).await.unwrap());
+    assert!(
+        store
+            .begin_attempt(&step(&run_id, "s", 0), 1, at(1))
+            .await
+            .unwrap()
+    );
     let tasks: Vec<_> = (0..WRITERS)
         .map(|i| {
             let (store, run_id) = (Arc::clone(&store), run_id.clone());

@@ -710,7 +710,11 @@ impl Ctx {
     ) -> Result<(String, Option<StepRecord>), Error> {
         let (step_id, mut existing) = self.assign(name, kind)?;
         // The target's entry is not read: starting its attempt tells whether it may run.
-        let is_target = self.inner.target.as_ref().is_some_and(|t| t.step_id == step_id);
+        let is_target = self
+            .inner
+            .target
+            .as_ref()
+            .is_some_and(|t| t.step_id == step_id);
         let after_target = self.state().after_target.as_ref() == Some(&self.scope);
         if existing.is_none() && self.inner.partial && !is_target && !after_target {
             // The journal came from the cache, which holds final entries only: read this one.
@@ -969,7 +973,10 @@ impl Ctx {
             }
             {
                 let state = self.state();
-                if state.interrupted.is_some() || state.fatal.is_some() || state.recorded == Some(false) {
+                if state.interrupted.is_some()
+                    || state.fatal.is_some()
+                    || state.recorded == Some(false)
+                {
                     break PassEnd::Blocked;
                 }
                 // Blocked: nothing runs and the run waits on planned steps or a retry.

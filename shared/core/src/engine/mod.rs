@@ -135,8 +135,8 @@ impl InlineScope {
     }
 }
 
-/// A step planned already claimed, to run in this invocation: its message (never sent) and
-/// its record as written.
+/// A step planned already started, to run in this invocation: its message (never sent) and
+/// its record as planned.
 struct Inlined {
     message: Message,
     record: StepRecord,
@@ -680,7 +680,7 @@ impl Engine {
     /// [`Engine::handle`] for local mode, where one process runs every step: while the run
     /// waits on exactly one new step that is due now, this call runs it too, whatever its
     /// queue. A sequential run then goes from step to step with no queue hop, and each step
-    /// costs two writes (its plan, already claimed, and its result) instead of three.
+    /// costs one write: its result, which also plans the next step already started.
     pub async fn handle_local(&self, message: Message) -> Result<(), EngineError> {
         self.handle_inlining(message, InlineScope::AnyStep).await
     }
@@ -947,7 +947,14 @@ impl Engine {
             // running would begin the same attempt twice).
             pass.target_recorded = !lost;
             return self
-                .conclude(&run, &function, pass, false, (scope, &own_queue), Vec::new())
+                .conclude(
+                    &run,
+                    &function,
+                    pass,
+                    false,
+                    (scope, &own_queue),
+                    Vec::new(),
+                )
                 .await;
         }
         Ok(next)
@@ -997,11 +1004,13 @@ impl Engine {
         (scope, own_queue): (InlineScope, &crate::model::QueueName),
         now: DateTime<Utc>,
     ) -> bool {
-        let [Pending {
-            record,
-            is_new: true,
-            wait: None,
-        }] = pending
+        let [
+            Pending {
+                record,
+                is_new: true,
+                wait: None,
+            },
+        ] = pending
         else {
             return false;
         };
