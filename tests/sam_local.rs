@@ -283,18 +283,21 @@ impl<'a> Driver<'a> {
         let registry = app::registry();
         let client = stack.deployment.queue.client().clone();
         let mut triggers = Vec::new();
-        for queue in &stack.deployment.queues {
+        let queues = stack.deployment.queues.iter().map(|queue| {
             let function = baton_deploy::consumer_of(&registry, queue);
-            let url = stack.deployment.queue.queue_url(queue);
-            let dlq = stack.deployment.queue.dlq_url(queue);
-            for (url, function) in [(url, function), (dlq, "DeadLettersFunction".to_owned())] {
-                let mut trigger = SqsTrigger::new(client.clone(), url, REGION)
-                    .await
-                    .expect("queue attributes");
-                // Longer than an invoke under emulation takes.
-                trigger.visibility_timeout = 60;
-                triggers.push((trigger, function));
-            }
+            (stack.deployment.queue.queue_url(queue), function)
+        });
+        let dead_letters = (
+            stack.deployment.queue.dlq_url(),
+            "DeadLettersFunction".to_owned(),
+        );
+        for (url, function) in queues.chain([dead_letters]) {
+            let mut trigger = SqsTrigger::new(client.clone(), url, REGION)
+                .await
+                .expect("queue attributes");
+            // Longer than an invoke under emulation takes.
+            trigger.visibility_timeout = 60;
+            triggers.push((trigger, function));
         }
         Driver {
             stack,
@@ -420,12 +423,8 @@ async fn every_handler_kind_answers_sam_local_invoke() {
         function_id: "process-order".into(),
     };
     let client = stack.deployment.queue.client().clone();
-    let take = async |queue: &QueueName, dlq: bool| {
-        let url = if dlq {
-            stack.deployment.queue.dlq_url(queue)
-        } else {
-            stack.deployment.queue.queue_url(queue)
-        };
+    let take = async |queue: &QueueName| {
+        let url = stack.deployment.queue.queue_url(queue);
         let trigger = SqsTrigger::new(client.clone(), url, REGION).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -437,7 +436,7 @@ async fn every_handler_kind_answers_sam_local_invoke() {
             assert!(Instant::now() < deadline, "nothing on {queue:?}");
         }
     };
-    let records = take(&continue_queue, false).await;
+    let records = take(&continue_queue).await;
     let response = stack.invoke(
         &baton_deploy::consumer_of(&registry, &continue_queue),
         &sqs_event(&sqs, &records),
@@ -447,7 +446,7 @@ async fn every_handler_kind_answers_sam_local_invoke() {
         function_id: "process-order".into(),
         step: "validate".into(),
     };
-    let records = take(&validate, false).await;
+    let records = take(&validate).await;
     let response = stack.invoke(
         "StepProcessOrderValidateFunction",
         &sqs_event(&sqs, &records),
@@ -464,9 +463,9 @@ async fn every_handler_kind_answers_sam_local_invoke() {
         function_id: "process-order".into(),
         step: "reserve-stock".into(),
     };
-    let next = take(&reserve, false).await;
+    let next = take(&reserve).await;
     let mut dead = sqs_event(&sqs, &next);
-    let dlq_arn = baton_aws::sqs::queue_arn(&client, &stack.deployment.queue.dlq_url(&reserve))
+    let dlq_arn = baton_aws::sqs::queue_arn(&client, &stack.deployment.queue.dlq_url())
         .await
         .unwrap();
     for record in dead["Records"].as_array_mut().unwrap() {

@@ -1850,22 +1850,32 @@ impl Store for DynamoStore {
 
     async fn retry_step(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         error: &ErrorInfo,
         next_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
+        let (run_id, step_id) = (&step.run_id, &step.step_id);
         let pk = run_pk(run_id);
         let mut blobs = Blobs::new(&pk, Some(self.live_ttl()));
         let error = self.payload(&format!("step {run_id}/{step_id} error"), error, &mut blobs)?;
-        let mut update = Update::default();
+        let mut update = Update {
+            create: true,
+            ..Update::default()
+        };
+        update.step_identity(step, self.live_ttl())?;
+        if let Some(started) = step.started_at {
+            update.set_if_absent("started_at", AttributeValue::S(ts_string(started)));
+        }
         update.set("status", av(&StepStatus::Planned)?);
         update.set("error", av(&error)?);
         update.set("wake_at", AttributeValue::S(ts_string(next_at)));
         let not_final = update.step_not_final()?;
         let attempts = update.expr.name("attempts");
         let attempt = update.expr.value("attempt", av(&attempt)?);
+        update
+            .set
+            .push(format!("{attempts} = if_not_exists({attempts}, {attempt})"));
         update.condition = Some(format!("{not_final} AND {attempts} = {attempt}"));
         let sk = step_sk(step_id);
         self.with_blobs(&blobs, || self.update_if(&pk, &sk, update))

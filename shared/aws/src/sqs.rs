@@ -39,9 +39,13 @@ pub const MAX_BATCH_ENTRIES: usize = 10;
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// SQS queue names: 1-80 characters of `[A-Za-z0-9_-]`.
 pub const MAX_SQS_NAME_LEN: usize = 80;
-/// A queue's dead-letter queue is named `{queue name}{DLQ_SUFFIX}`.
+/// The stack's one dead-letter queue is `{prefix}{DEAD_LETTER_QUEUE}` ([`dlq_name`]): every
+/// queue's redrive policy points at it.
+pub const DEAD_LETTER_QUEUE: &str = "dead-letters";
+/// No step may be named with this suffix (once each queue had its own `{name}-dlq`).
 pub const DLQ_SUFFIX: &str = "-dlq";
-/// The longest name [`queue_name`] returns: room is left for [`DLQ_SUFFIX`].
+/// The longest name [`queue_name`] returns: 4 short of SQS's limit, room once kept for a
+/// per-queue `-dlq` and still kept, so that no deployed queue's name changes.
 pub const MAX_QUEUE_NAME_LEN: usize = MAX_SQS_NAME_LEN - DLQ_SUFFIX.len();
 /// Receives before SQS moves a message to the DLQ, as [`SqsQueue::create_queues`] sets it.
 pub const MAX_RECEIVE_COUNT: u32 = 5;
@@ -94,9 +98,9 @@ impl QueueNaming {
         queue_name(&self.prefix, q)
     }
 
-    /// The name of the queue's dead-letter queue.
-    pub fn dlq_name(&self, q: &QueueName) -> String {
-        dlq_name(&self.prefix, q)
+    /// The name of the deployment's dead-letter queue.
+    pub fn dlq_name(&self) -> String {
+        dlq_name(&self.prefix)
     }
 
     /// The queue's URL.
@@ -104,9 +108,9 @@ impl QueueNaming {
         self.url_of(&self.name(q))
     }
 
-    /// The URL of the queue's dead-letter queue.
-    pub fn dlq_url(&self, q: &QueueName) -> String {
-        self.url_of(&self.dlq_name(q))
+    /// The URL of the deployment's dead-letter queue.
+    pub fn dlq_url(&self) -> String {
+        self.url_of(&self.dlq_name())
     }
 
     /// The URL of a queue by name.
@@ -124,8 +128,8 @@ impl QueueNaming {
 ///
 /// The plain form is `{prefix}{function_id}--{step}` for a step's queue and
 /// `{prefix}{function_id}--continue` for the continue queue. It is used when it is at most
-/// [`MAX_QUEUE_NAME_LEN`] (76) characters (80, SQS's limit, less room for the `-dlq` of the
-/// dead-letter queue), all of `[A-Za-z0-9_-]`, and cannot be mistaken for another queue's
+/// [`MAX_QUEUE_NAME_LEN`] (76) characters (80, SQS's limit, less 4: see there), all of
+/// `[A-Za-z0-9_-]`, and cannot be mistaken for another queue's
 /// name: the function id has no `--` and does not end with `-`, and the step is not named
 /// `continue` and does not end with `-dlq`.
 ///
@@ -134,8 +138,8 @@ impl QueueNaming {
 /// outside the alphabet replaced by `_`, cut to fit 76 characters: the function id and the
 /// step are truncated (each keeps at least half of the room left after the prefix and `--`,
 /// or all of itself if shorter), so both stay recognisable. Thus distinct queues get distinct
-/// names (up to a 32-bit hash collision between two shortened names) and every DLQ name
-/// (ending in `-dlq`) differs from every queue name.
+/// names (up to a 32-bit hash collision between two shortened names), and none is the
+/// dead-letter queue's ([`dlq_name`]: no `--`, no hash).
 pub fn queue_name(prefix: &str, q: &QueueName) -> String {
     let (function_id, tail, is_step) = match q {
         QueueName::Step { function_id, step } => (function_id.as_str(), step.as_str(), true),
@@ -170,9 +174,11 @@ pub fn queue_name(prefix: &str, q: &QueueName) -> String {
     format!("{readable}-{hash}")
 }
 
-/// The name of a queue's dead-letter queue: `{queue_name}-dlq` (at most 80 characters).
-pub fn dlq_name(prefix: &str, q: &QueueName) -> String {
-    format!("{}{DLQ_SUFFIX}", queue_name(prefix, q))
+/// The name of the dead-letter queue every queue of a deployment shares:
+/// `{prefix}dead-letters`. One queue, so one event source mapping polls it when idle, not one
+/// per queue.
+pub fn dlq_name(prefix: &str) -> String {
+    format!("{prefix}{DEAD_LETTER_QUEUE}")
 }
 
 /// Whether SQS accepts `name` as a (standard) queue name.
@@ -284,9 +290,9 @@ impl SqsQueue {
         self.naming.url(q)
     }
 
-    /// The URL of a Baton queue's dead-letter queue.
-    pub fn dlq_url(&self, q: &QueueName) -> String {
-        self.naming.dlq_url(q)
+    /// The URL of the deployment's dead-letter queue.
+    pub fn dlq_url(&self) -> String {
+        self.naming.dlq_url()
     }
 
     /// `SendMessageBatch` requests made so far (each SDK call counts once, whatever the
@@ -296,31 +302,36 @@ impl SqsQueue {
     }
 
     /// Creates the queues (idempotent when they exist with the same attributes), for tests and
-    /// local setup; on AWS the template creates them. With `dlq`, each queue first gets its
-    /// dead-letter queue `{name}-dlq` (14 days' retention) and a redrive policy moving a
-    /// message there after [`MAX_RECEIVE_COUNT`] receives. Fails when SQS returns a URL other
-    /// than the computed one (a wrong `url_prefix`).
+    /// local setup; on AWS the template creates them. With `dlq`, the deployment's dead-letter
+    /// queue [`dlq_name`] (14 days' retention) is created first, and each queue gets a redrive
+    /// policy moving a message there after [`MAX_RECEIVE_COUNT`] receives. Fails when SQS
+    /// returns a URL other than the computed one (a wrong `url_prefix`).
     pub async fn create_queues(&self, names: &[QueueName], dlq: bool) -> Result<(), QueueError> {
         let names: BTreeSet<&QueueName> = names.iter().collect();
+        let redrive = if dlq {
+            let dlq_name = self.naming.dlq_name();
+            let dlq_url = self
+                .create_one(
+                    self.client
+                        .create_queue()
+                        .queue_name(&dlq_name)
+                        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600"),
+                    &dlq_name,
+                )
+                .await?;
+            let arn = queue_arn(&self.client, &dlq_url).await?;
+            let policy = serde_json::json!({
+                "deadLetterTargetArn": arn,
+                "maxReceiveCount": MAX_RECEIVE_COUNT,
+            });
+            Some(policy.to_string())
+        } else {
+            None
+        };
         for q in names {
             let mut create = self.client.create_queue().queue_name(self.queue_name(q));
-            if dlq {
-                let dlq_name = self.naming.dlq_name(q);
-                let dlq_url = self
-                    .create_one(
-                        self.client
-                            .create_queue()
-                            .queue_name(&dlq_name)
-                            .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600"),
-                        &dlq_name,
-                    )
-                    .await?;
-                let arn = queue_arn(&self.client, &dlq_url).await?;
-                let policy = serde_json::json!({
-                    "deadLetterTargetArn": arn,
-                    "maxReceiveCount": MAX_RECEIVE_COUNT,
-                });
-                create = create.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
+            if let Some(policy) = &redrive {
+                create = create.attributes(QueueAttributeName::RedrivePolicy, policy);
             }
             self.create_one(create, &self.queue_name(q)).await?;
         }

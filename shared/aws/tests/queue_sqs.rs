@@ -21,8 +21,9 @@ use baton::error::QueueError;
 use baton::model::{Message, MessageKind, QueueName};
 use baton::queue::Envelope;
 use baton_aws::sqs::{
-    DLQ_SUFFIX, MAX_DELAY, MAX_QUEUE_NAME_LEN, MAX_RECEIVE_COUNT, QueueNaming, SqsQueue,
-    decode_message, delay_seconds, dlq_name, encode_message, is_valid_sqs_name, queue_name,
+    DEAD_LETTER_QUEUE, DLQ_SUFFIX, MAX_DELAY, MAX_QUEUE_NAME_LEN, MAX_RECEIVE_COUNT, QueueNaming,
+    SqsQueue, decode_message, delay_seconds, dlq_name, encode_message, is_valid_sqs_name,
+    queue_name,
 };
 use chrono::{TimeZone, Utc};
 
@@ -493,8 +494,12 @@ async fn a_message_received_too_often_lands_in_the_dlq() {
         .create_queues(std::slice::from_ref(&q), true)
         .await
         .unwrap();
-    let (url, dlq_url) = (h.queue.queue_url(&q), h.queue.dlq_url(&q));
-    assert_eq!(dlq_url, format!("{url}{DLQ_SUFFIX}"));
+    let (url, dlq_url) = (h.queue.queue_url(&q), h.queue.dlq_url());
+    let naming = h.queue.naming();
+    assert_eq!(
+        dlq_url,
+        format!("{}{}{DEAD_LETTER_QUEUE}", naming.url_prefix, h.prefix)
+    );
 
     let attributes = h
         .client
@@ -521,7 +526,7 @@ async fn a_message_received_too_often_lands_in_the_dlq() {
         policy["deadLetterTargetArn"]
             .as_str()
             .unwrap()
-            .ends_with(&format!(":{}", h.queue.naming().dlq_name(&q))),
+            .ends_with(&format!(":{}", h.queue.naming().dlq_name())),
         "{policy}"
     );
 
@@ -582,20 +587,37 @@ async fn computed_urls_are_the_urls_sqs_reports() {
     h.queue.create_queues(&names, true).await.unwrap();
     // Idempotent.
     h.queue.create_queues(&names, true).await.unwrap();
+    let dlq = (h.queue.naming().dlq_name(), h.queue.dlq_url());
+    let all = names
+        .iter()
+        .map(|q| (h.queue.queue_name(q), h.queue.queue_url(q)))
+        .chain([dlq]);
+    for (name, url) in all {
+        let out = h
+            .client
+            .get_queue_url()
+            .queue_name(&name)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.queue_url(), Some(url.as_str()));
+    }
+    // Every queue's redrive policy names the one dead-letter queue.
+    let dlq_arn = baton_aws::sqs::queue_arn(&h.client, &h.queue.dlq_url())
+        .await
+        .unwrap();
     for q in &names {
-        for (name, url) in [
-            (h.queue.queue_name(q), h.queue.queue_url(q)),
-            (h.queue.naming().dlq_name(q), h.queue.dlq_url(q)),
-        ] {
-            let out = h
-                .client
-                .get_queue_url()
-                .queue_name(&name)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(out.queue_url(), Some(url.as_str()));
-        }
+        let attributes = h
+            .client
+            .get_queue_attributes()
+            .queue_url(h.queue.queue_url(q))
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .unwrap();
+        let policy = attributes.attributes().unwrap()[&QueueAttributeName::RedrivePolicy].clone();
+        let policy: serde_json::Value = serde_json::from_str(&policy).unwrap();
+        assert_eq!(policy["deadLetterTargetArn"], dlq_arn.as_str(), "{q:?}");
     }
     // A wrong url_prefix is caught at setup.
     let wrong = SqsQueue::new(
@@ -622,10 +644,7 @@ fn plain_names_follow_the_documented_rule() {
         queue_name("baton-", &continue_queue("ingest")),
         "baton-ingest--continue"
     );
-    assert_eq!(
-        dlq_name("baton-", &step_queue("ingest", "transcribe")),
-        "baton-ingest--transcribe-dlq"
-    );
+    assert_eq!(dlq_name("baton-"), "baton-dead-letters");
     assert_eq!(queue_name("", &step_queue("a_B-9", "x")), "a_B-9--x");
 
     let naming = QueueNaming::new("p-", "http://127.0.0.1:5005/123456789012");
@@ -635,8 +654,8 @@ fn plain_names_follow_the_documented_rule() {
         "http://127.0.0.1:5005/123456789012/p-f--s"
     );
     assert_eq!(
-        naming.dlq_url(&continue_queue("f")),
-        "http://127.0.0.1:5005/123456789012/p-f--continue-dlq"
+        naming.dlq_url(),
+        "http://127.0.0.1:5005/123456789012/p-dead-letters"
     );
     let aws = QueueNaming::aws("app-", "eu-west-1", "111122223333");
     assert_eq!(
@@ -658,10 +677,6 @@ fn long_names_are_shortened_deterministically() {
     let name = queue_name("baton-prod-", &step_queue(&f, &s));
     assert_eq!(name.len(), MAX_QUEUE_NAME_LEN);
     assert!(is_valid_sqs_name(&name), "{name}");
-    assert!(is_valid_sqs_name(&dlq_name(
-        "baton-prod-",
-        &step_queue(&f, &s)
-    )));
     assert_eq!(
         name,
         queue_name("baton-prod-", &step_queue(&f, &s)),
@@ -702,7 +717,7 @@ fn long_names_are_shortened_deterministically() {
 }
 
 #[test]
-fn the_length_limit_is_76_so_the_dlq_name_fits_80() {
+fn the_length_limit_is_76() {
     let prefix = "p-";
     // 2 + 34 + 2 + 38 = 76: plain.
     let q = step_queue(&"a".repeat(34), &"b".repeat(38));
@@ -710,7 +725,6 @@ fn the_length_limit_is_76_so_the_dlq_name_fits_80() {
         queue_name(prefix, &q),
         format!("p-{}--{}", "a".repeat(34), "b".repeat(38))
     );
-    assert_eq!(dlq_name(prefix, &q).len(), 80);
     // One more: shortened, to 76.
     let q = step_queue(&"a".repeat(34), &"b".repeat(39));
     let name = queue_name(prefix, &q);
@@ -742,8 +756,8 @@ fn names_that_could_be_mistaken_are_disambiguated() {
             assert!(is_valid_sqs_name(n) && n.len() <= MAX_QUEUE_NAME_LEN, "{n}");
             assert!(!n.ends_with(DLQ_SUFFIX), "{n}");
         }
-        assert_ne!(n1, dlq_name(p, other));
-        assert_ne!(n2, dlq_name(p, one));
+        assert_ne!(n1, dlq_name(p));
+        assert_ne!(n2, dlq_name(p));
     }
     assert_eq!(queue_name(p, &continue_queue("a")), "x-a--continue");
     assert_eq!(queue_name(p, &step_queue("a", "b")), "x-a--b");
@@ -752,7 +766,7 @@ fn names_that_could_be_mistaken_are_disambiguated() {
 #[test]
 fn every_queue_and_dlq_name_is_distinct_and_valid() {
     // All ids of up to 4 characters over {a, -} (the separator's own character), and some
-    // long ones: every queue and DLQ name is distinct and a valid SQS name.
+    // long ones: every queue name and the dead-letter queue's are distinct, valid SQS names.
     let mut ids = vec![String::new()];
     let mut frontier = vec![String::new()];
     for _ in 0..4 {
@@ -763,7 +777,18 @@ fn every_queue_and_dlq_name_is_distinct_and_valid() {
         ids.extend(frontier.iter().cloned());
     }
     ids.retain(|s| !s.is_empty());
-    ids.extend(["continue", "a-dlq", "continue-dlq", "dlq"].map(String::from));
+    ids.extend(
+        [
+            "continue",
+            "a-dlq",
+            "continue-dlq",
+            "dlq",
+            "dead",
+            "letters",
+            "dead-letters",
+        ]
+        .map(String::from),
+    );
     ids.extend((60..=64).map(|n| "z".repeat(n)));
     ids.push(format!("{}-", "z".repeat(63)));
     let mut queues = Vec::new();
@@ -776,19 +801,17 @@ fn every_queue_and_dlq_name_is_distinct_and_valid() {
     let mut seen = HashSet::new();
     for prefix in ["", "p-", "baton-production-eu-"] {
         seen.clear();
+        let dlq = dlq_name(prefix);
+        assert!(is_valid_sqs_name(&dlq), "{dlq}");
+        seen.insert(dlq);
         for q in &queues {
             let name = queue_name(prefix, q);
-            let dlq = dlq_name(prefix, q);
             assert!(name.len() <= MAX_QUEUE_NAME_LEN, "{name}");
-            assert!(
-                is_valid_sqs_name(&name) && is_valid_sqs_name(&dlq),
-                "{name}"
-            );
+            assert!(is_valid_sqs_name(&name), "{name}");
             assert!(seen.insert(name.clone()), "{q:?} -> {name} twice");
-            assert!(seen.insert(dlq.clone()), "{q:?} -> {dlq} twice");
         }
     }
-    assert_eq!(seen.len(), queues.len() * 2);
+    assert_eq!(seen.len(), queues.len() + 1);
 }
 
 #[test]

@@ -299,7 +299,8 @@ fn registry(probe: &Probe) -> Registry {
         });
 
     // One step three times in a row: on one queue, so a handler with a deadline runs the
-    // next link itself (inline) instead of sending its message.
+    // next link itself (inline) instead of sending its message. The second link fails its
+    // first attempt: a retry of a step started inline (with no entry of its own).
     let p = probe.clone();
     let chain = Function::new("chain")
         .trigger("t/chain")
@@ -313,6 +314,9 @@ fn registry(probe: &Probe) -> Registry {
                     value = ctx
                         .step(Step::new("link"), move |s| async move {
                             p.body(&s).await;
+                            if i == 2 && s.attempt == 1 {
+                                return Err(StepError::retriable("the second link fails once"));
+                            }
                             Ok(value + i)
                         })
                         .await?;
@@ -756,8 +760,10 @@ async fn check_runs(
                 );
                 let steps = steps_of(&run_id);
                 let ids: Vec<&str> = steps.iter().map(|s| s.0.as_str()).collect();
+                let attempts: Vec<u32> = steps.iter().map(|s| s.2).collect();
                 if ids != ["link", "link:1", "link:2"]
                     || steps.iter().any(|s| s.1 != StepStatus::Completed)
+                    || attempts != [1, 2, 1]
                 {
                     problems.push(format!("chain journal: {steps:?}"));
                 }
@@ -1447,15 +1453,12 @@ impl Store for Overwriting {
     }
     async fn retry_step(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         error: &baton::model::ErrorInfo,
         next_at: chrono::DateTime<chrono::Utc>,
     ) -> baton::store::StoreResult<bool> {
-        self.inner
-            .retry_step(run_id, step_id, attempt, error, next_at)
-            .await
+        self.inner.retry_step(step, attempt, error, next_at).await
     }
     async fn finish_step(
         &self,

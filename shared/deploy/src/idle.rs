@@ -43,7 +43,8 @@ const MINUTES_PER_MONTH: f64 = 60.0 * 24.0 * 30.0;
 /// The idle month of a generated stack.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdleCost {
-    /// SQS event source mappings: one per queue (step, continue) and one per dead-letter queue.
+    /// SQS event source mappings: one per queue (step, continue) and one for the stack's
+    /// dead-letter queue.
     pub mappings: usize,
     /// Empty receives a month, all mappings together.
     pub receives: f64,
@@ -63,9 +64,9 @@ impl IdleCost {
 /// The idle cost of the stack `baton generate` writes for `registry`.
 pub fn idle_cost(registry: &Registry) -> IdleCost {
     let queues = super::all_queues(registry).len();
-    // Each queue has its consumer's mapping and its dead-letter queue's (the dead letters
-    // Lambda consumes every one).
-    let mappings = 2 * queues;
+    // Each queue has its consumer's mapping; the dead letters Lambda has one for the stack's
+    // one dead-letter queue.
+    let mappings = queues + 1;
     let receives_per_minute = IDLE_POLLERS * 60.0 / LONG_POLL_S;
     let receives = mappings as f64 * receives_per_minute * MINUTES_PER_MONTH;
     let sweeps = MINUTES_PER_MONTH / 5.0;
@@ -134,8 +135,18 @@ mod tests {
             .register(noop("a").trigger("app/a"))
             .unwrap();
         let cost = idle_cost(&one);
-        // One function, no steps: its continue queue and that queue's dead letters.
+        // One function, no steps: its continue queue and the stack's dead letters.
         assert_eq!(cost.mappings, 2);
+        let two = Registry::new()
+            .register(noop("a").trigger("app/a"))
+            .unwrap()
+            .register(noop("b").trigger("app/b"))
+            .unwrap();
+        assert_eq!(
+            idle_cost(&two).mappings,
+            3,
+            "one dead-letter queue for both"
+        );
         // 2 mappings x 5 pollers x 3 receives a minute x 43,200 minutes.
         assert_eq!(cost.receives, 1_296_000.0);
         assert!((cost.sqs_usd - 0.5184).abs() < 1e-9, "{cost:?}");

@@ -9,8 +9,8 @@
 //!   runs the same artifact, told apart by its environment (`BATON_HANDLER`), so building
 //!   the app for deployment compiles and links four programs, not one per step;
 //! - the `[[bin]]` section of `functions/Cargo.toml` (between the markers below);
-//! - `template.yaml`: the AWS SAM template: the table, one queue (+ dead-letter queue) per
-//!   step and per function, one Lambda per HTTP route, per step and per function (each with
+//! - `template.yaml`: the AWS SAM template: the table, one queue per step and per function
+//!   and one dead-letter queue they share, one Lambda per HTTP route, per step and per function (each with
 //!   its own timeout, memory and queue), the HTTP API, the schedules;
 //! - the Vercel project in `vercel/` (when the app has that directory, or hosts a step on
 //!   Vercel): one function per HTTP route handler and per step hosted on Vercel
@@ -43,7 +43,7 @@ use baton::function::Function;
 use baton::model::QueueName;
 use baton::{Host, Registry, StepConfig};
 use baton_aws::dynamodb::TTL_ATTRIBUTE;
-use baton_aws::sqs::{MAX_QUEUE_NAME_LEN, MAX_RECEIVE_COUNT, dlq_name, queue_name};
+use baton_aws::sqs::{DEAD_LETTER_QUEUE, MAX_QUEUE_NAME_LEN, MAX_RECEIVE_COUNT, queue_name};
 use baton_aws::vercel;
 use baton_http::routes::{self, Part, Route};
 
@@ -102,6 +102,8 @@ pub const VERCEL_TABLE_ACTIONS: &[&str] = &[
 pub const RELAY_MEMORY_MB: u32 = 128;
 /// Retention of dead letters (SQS's maximum, 14 days).
 pub const DLQ_RETENTION_S: u64 = 14 * 24 * 3600;
+/// The logical id of the stack's one dead-letter queue.
+pub const DLQ_ID: &str = "DeadLetterQueue";
 
 // ---- where an app's files are ----
 
@@ -200,7 +202,7 @@ impl Artifact {
     fn what(self) -> &'static [&'static str] {
         match self {
             Artifact::Worker => &[
-                "every step's and every function's continue queue, the dead-letter queues,",
+                "every step's and every function's continue queue, the dead-letter queue,",
                 "the sweeper and the cron schedule (`BATON_HANDLER`, set by template.yaml, says which).",
             ],
             Artifact::Api => {
@@ -645,7 +647,7 @@ fn queue_tail(q: &QueueName, max_prefix: usize) -> anyhow::Result<String> {
     let Some(tail) = name.strip_prefix(&probe) else {
         bail!("queue name {name:?} does not start with its prefix");
     };
-    if queue_name("", q) != tail || dlq_name(&probe, q) != format!("{name}-dlq") {
+    if queue_name("", q) != tail {
         bail!(
             "queue {q:?}: its name is shortened ({name:?}): shorten the function id or step name"
         );
@@ -654,12 +656,12 @@ fn queue_tail(q: &QueueName, max_prefix: usize) -> anyhow::Result<String> {
 }
 
 struct Queues {
-    /// (queue, logical id of the queue, logical id of its DLQ, name tail)
-    all: Vec<(QueueName, String, String, String)>,
+    /// (queue, logical id of the queue, name tail)
+    all: Vec<(QueueName, String, String)>,
 }
 
 impl Queues {
-    fn find(&self, q: &QueueName) -> &(QueueName, String, String, String) {
+    fn find(&self, q: &QueueName) -> &(QueueName, String, String) {
         self.all
             .iter()
             .find(|e| &e.0 == q)
@@ -678,7 +680,7 @@ fn function_id(name: &str) -> String {
 
 /// The logical id, in the generated template, of the Lambda that consumes `queue`: the
 /// function's continue handler, the step's handler, or the relay of a step hosted on Vercel.
-/// (Every dead-letter queue is consumed by `DeadLettersFunction`.) What a driver playing
+/// (The dead-letter queue is consumed by `DeadLettersFunction`.) What a driver playing
 /// Lambda's event source mappings under `sam local invoke` needs.
 pub fn consumer_of(registry: &Registry, queue: &QueueName) -> String {
     match queue {
@@ -712,10 +714,14 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
     }
     let mut queues = Queues { all: Vec::new() };
     // Logical ids are alphanumeric, so distinct names can collide (`a-b` and `a_b`): refuse.
-    let mut ids: BTreeMap<String, String> = [("Table", "the table"), ("HttpApi", "the HTTP API")]
-        .into_iter()
-        .map(|(id, what)| (id.to_string(), what.to_string()))
-        .collect();
+    let mut ids: BTreeMap<String, String> = [
+        ("Table", "the table"),
+        ("HttpApi", "the HTTP API"),
+        (DLQ_ID, "the dead-letter queue"),
+    ]
+    .into_iter()
+    .map(|(id, what)| (id.to_string(), what.to_string()))
+    .collect();
     let mut lambdas: Vec<String> = route_handlers()
         .into_iter()
         .map(|(name, _, _)| name.to_string())
@@ -746,17 +752,11 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
             }
             QueueName::Continue { function_id } => format!("Continue{}", pascal(function_id)),
         };
-        for id in [format!("{base}Queue"), format!("{base}Dlq")] {
-            if let Some(other) = ids.insert(id.clone(), tail.clone()) {
-                bail!("{other:?} and queue {tail:?} would get the same logical id {id:?}");
-            }
+        let id = format!("{base}Queue");
+        if let Some(other) = ids.insert(id.clone(), tail.clone()) {
+            bail!("{other:?} and queue {tail:?} would get the same logical id {id:?}");
         }
-        queues.all.push((
-            queue.clone(),
-            format!("{base}Queue"),
-            format!("{base}Dlq"),
-            tail,
-        ));
+        queues.all.push((queue.clone(), id, tail));
     }
 
     let relays = vercel_steps(registry);
@@ -768,7 +768,7 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
     w(&format!("# {GENERATED}: run `cargo run -- generate`."));
     w("# Baton on AWS: one Lambda per HTTP route, per declared step and per function's continue");
     w(
-        "# queue; one SQS queue (+ dead-letter queue) per step and per function; one DynamoDB table.",
+        "# queue; one SQS queue per step and per function, one dead-letter queue; one DynamoDB table.",
     );
     let kinds: Vec<&str> = artifacts(registry).iter().map(|a| a.binary()).collect();
     w(&format!(
@@ -942,7 +942,7 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
         p.push_str("              Effect: Allow\n");
         p.push_str("              Action: sqs:SendMessage\n");
         p.push_str("              Resource:\n");
-        for (_, queue_id, _, _) in &queues.all {
+        for (_, queue_id, _) in &queues.all {
             let _ = writeln!(p, "                - !GetAtt {queue_id}.Arn");
         }
         p
@@ -954,7 +954,7 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
         )
     };
     let queue_pair = |out: &mut String, queue: &QueueName, lambda_timeout: Duration, what: &str| {
-        let (_, queue_id, dlq_id, tail) = queues.find(queue);
+        let (_, queue_id, tail) = queues.find(queue);
         let visibility = VISIBILITY_FACTOR * secs(lambda_timeout);
         let _ = write!(
             out,
@@ -966,18 +966,9 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
              \x20     VisibilityTimeout: {visibility}\n\
              \x20     SqsManagedSseEnabled: true\n\
              \x20     RedrivePolicy:\n\
-             \x20       deadLetterTargetArn: !GetAtt {dlq_id}.Arn\n\
-             \x20       maxReceiveCount: {MAX_RECEIVE_COUNT}\n\
-             \x20 {dlq_id}:\n\
-             \x20   Type: AWS::SQS::Queue\n\
-             \x20   Properties:\n\
-             \x20     QueueName: !Sub {dlq_name}\n\
-             \x20     MessageRetentionPeriod: {DLQ_RETENTION_S}\n\
-             \x20     VisibilityTimeout: {dlq_visibility}\n\
-             \x20     SqsManagedSseEnabled: true\n",
+             \x20       deadLetterTargetArn: !GetAtt {DLQ_ID}.Arn\n\
+             \x20       maxReceiveCount: {MAX_RECEIVE_COUNT}\n",
             name = q(&format!("${{QueuePrefix}}{tail}")),
-            dlq_name = q(&format!("${{QueuePrefix}}{tail}-dlq")),
-            dlq_visibility = VISIBILITY_FACTOR * secs(DEAD_LETTERS_TIMEOUT),
         );
     };
     let consumer = |out: &mut String,
@@ -986,7 +977,7 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
                     timeout: Duration,
                     memory: u32,
                     description: &str| {
-        let (_, queue_id, _, _) = queues.find(queue);
+        let (_, queue_id, _) = queues.find(queue);
         let _ = write!(
             out,
             "  {id}Function:\n\
@@ -1056,7 +1047,7 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
                     timeout,
                     &format!("step {step} of {} (runs on Vercel)", function.id),
                 );
-                let (_, queue_id, _, _) = queues.find(&queue);
+                let (_, queue_id, _) = queues.find(&queue);
                 let _ = write!(
                     body,
                     "  Relay{f}{s}Function:\n\
@@ -1261,7 +1252,15 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
 
     let _ = write!(
         body,
-        "  # ---- dead letters: every DLQ; each message fails its run ----\n\
+        "  # ---- dead letters: one queue for the stack, where every queue's redrive policy\n\
+         \x20 # moves a message SQS delivered {MAX_RECEIVE_COUNT} times; each message fails its run ----\n\
+         \x20 {DLQ_ID}:\n\
+         \x20   Type: AWS::SQS::Queue\n\
+         \x20   Properties:\n\
+         \x20     QueueName: !Sub {dlq_name}\n\
+         \x20     MessageRetentionPeriod: {DLQ_RETENTION_S}\n\
+         \x20     VisibilityTimeout: {dlq_visibility}\n\
+         \x20     SqsManagedSseEnabled: true\n\
          \x20 DeadLettersFunction:\n\
          \x20   Type: AWS::Serverless::Function\n\
          {metadata}\
@@ -1273,22 +1272,19 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
          \x20       Variables:\n\
          \x20         BATON_HANDLER: dead-letters\n\
          {policies}\
-         \x20     Events:\n",
+         \x20     Events:\n\
+         \x20       {DLQ_ID}:\n\
+         \x20         Type: SQS\n\
+         \x20         Properties:\n\
+         \x20           Queue: !GetAtt {DLQ_ID}.Arn\n\
+         \x20           BatchSize: 10\n\
+         \x20           FunctionResponseTypes:\n\
+         \x20             - ReportBatchItemFailures\n",
         metadata = metadata(Artifact::Worker),
         timeout = secs(DEAD_LETTERS_TIMEOUT),
+        dlq_name = q(&format!("${{QueuePrefix}}{DEAD_LETTER_QUEUE}")),
+        dlq_visibility = VISIBILITY_FACTOR * secs(DEAD_LETTERS_TIMEOUT),
     );
-    for (_, _, dlq_id, _) in &queues.all {
-        let _ = write!(
-            body,
-            "        {dlq_id}:\n\
-             \x20         Type: SQS\n\
-             \x20         Properties:\n\
-             \x20           Queue: !GetAtt {dlq_id}.Arn\n\
-             \x20           BatchSize: 10\n\
-             \x20           FunctionResponseTypes:\n\
-             \x20             - ReportBatchItemFailures\n"
-        );
-    }
     body.push('\n');
     let _ = write!(
         body,
@@ -1321,7 +1317,7 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
         queue_arns = queues
             .all
             .iter()
-            .map(|(_, queue_id, _, _)| format!("              - !GetAtt {queue_id}.Arn\n"))
+            .map(|(_, queue_id, _)| format!("              - !GetAtt {queue_id}.Arn\n"))
             .collect::<String>(),
     );
     body.push_str("Outputs:\n");
@@ -1733,6 +1729,26 @@ mod tests {
             let tail = name.strip_prefix(prefix).unwrap();
             assert!(template.contains(&format!("!Sub \"${{QueuePrefix}}{tail}\"")));
         }
+    }
+
+    #[test]
+    fn every_queue_shares_one_dead_letter_queue() {
+        let registry = registry();
+        let t = render(&layout(), &registry).unwrap().template;
+        let queues = all_queues(&registry).len();
+        assert_eq!(t.matches("Type: AWS::SQS::Queue").count(), queues + 1);
+        assert_eq!(
+            t.matches(&format!("deadLetterTargetArn: !GetAtt {DLQ_ID}.Arn"))
+                .count(),
+            queues
+        );
+        assert_eq!(t.matches("!Sub \"${QueuePrefix}dead-letters\"").count(), 1);
+        // One event source mapping per queue, and one for the dead letters.
+        assert_eq!(t.matches("Type: SQS\n").count(), queues + 1);
+        assert_eq!(
+            t.matches(&format!("Queue: !GetAtt {DLQ_ID}.Arn")).count(),
+            1
+        );
     }
 
     fn one_step_registry(config: StepConfig) -> Registry {

@@ -289,8 +289,7 @@ impl Store for TimedStore {
     }
     async fn retry_step(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         error: &ErrorInfo,
         next_at: DateTime<Utc>,
@@ -298,8 +297,7 @@ impl Store for TimedStore {
         timed!(
             self,
             "retry_step",
-            self.inner
-                .retry_step(run_id, step_id, attempt, error, next_at)
+            self.inner.retry_step(step, attempt, error, next_at)
         )
     }
     async fn finish_step(

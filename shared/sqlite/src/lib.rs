@@ -870,25 +870,26 @@ impl Store for SqliteStore {
 
     async fn retry_step(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         error: &ErrorInfo,
         next_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
-        let (error, next_at) = (json(error)?, ts(next_at));
+        let mut row = StepRow::of(step)?;
+        row.status = StepStatus::Planned.as_str().to_owned();
+        row.attempts = attempt.into();
+        row.error = Some(json(error)?);
+        row.wake_at = Some(ts(next_at));
         self.write(move |conn| {
-            let n = conn
-                .exec_cached(
-                    &format!(
-                        "UPDATE steps SET status = 'Planned', error = ?4, wake_at = ?5
-                         WHERE run_id = ?1 AND step_id = ?2 AND status NOT IN {FINAL_STEP} AND attempts = ?3"
-                    ),
-                    params![run_id, step_id, attempt, error, next_at],
-                )
-                .map_err(backend)?;
-            Ok(n == 1)
+            insert_step(
+                conn,
+                &row,
+                &format!(
+                    "ON CONFLICT (run_id, step_id) DO UPDATE SET status = 'Planned',
+                     error = excluded.error, wake_at = excluded.wake_at
+                     WHERE status NOT IN {FINAL_STEP} AND attempts = excluded.attempts"
+                ),
+            )
         })
         .await
     }

@@ -704,17 +704,13 @@ impl<S: Store + ?Sized> Store for ChaosStore<S> {
 
     async fn retry_step(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         error: &ErrorInfo,
         next_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let fault = self.enter("retry_step").await?;
-        let r = self
-            .inner
-            .retry_step(run_id, step_id, attempt, error, next_at)
-            .await;
+        let r = self.inner.retry_step(step, attempt, error, next_at).await;
         leave(fault, r)
     }
 

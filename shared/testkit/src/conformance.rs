@@ -1305,7 +1305,7 @@ pub async fn retry_step(store: &dyn Store) {
 
     assert!(
         !store
-            .retry_step(&run_id, "s", 1, &e1, at(100))
+            .retry_step(&step(&run_id, "s", 0), 1, &e1, at(100))
             .await
             .unwrap(),
         "no retry of an attempt that has not started"
@@ -1318,7 +1318,7 @@ pub async fn retry_step(store: &dyn Store) {
     );
     assert!(
         store
-            .retry_step(&run_id, "s", 1, &e1, at(100))
+            .retry_step(&step(&run_id, "s", 0), 1, &e1, at(100))
             .await
             .unwrap(),
         "retry of the current attempt"
@@ -1344,14 +1344,14 @@ pub async fn retry_step(store: &dyn Store) {
 
     assert!(
         !store
-            .retry_step(&run_id, "s", 2, &e2, at(200))
+            .retry_step(&step(&run_id, "s", 0), 2, &e2, at(200))
             .await
             .unwrap(),
         "retry of a future attempt"
     );
     assert!(
         !store
-            .retry_step(&run_id, "s", 0, &e2, at(200))
+            .retry_step(&step(&run_id, "s", 0), 0, &e2, at(200))
             .await
             .unwrap(),
         "retry of a past attempt"
@@ -1377,14 +1377,14 @@ pub async fn retry_step(store: &dyn Store) {
     );
     assert!(
         !store
-            .retry_step(&run_id, "s", 1, &e2, at(200))
+            .retry_step(&step(&run_id, "s", 0), 1, &e2, at(200))
             .await
             .unwrap(),
         "retry of a stale attempt"
     );
     assert!(
         store
-            .retry_step(&run_id, "s", 2, &e2, at(300))
+            .retry_step(&step(&run_id, "s", 0), 2, &e2, at(300))
             .await
             .unwrap()
     );
@@ -1406,19 +1406,33 @@ pub async fn retry_step(store: &dyn Store) {
     let finished = get_step(store, &run_id, "s").await;
     assert!(
         !store
-            .retry_step(&run_id, "s", 3, &e2, at(400))
+            .retry_step(&step(&run_id, "s", 0), 3, &e2, at(400))
             .await
             .unwrap(),
         "no retry of a final step"
     );
     assert_eq!(get_step(store, &run_id, "s").await, finished);
 
+    // A step started by the handler that planned it may have no entry of its own: its failed
+    // attempt writes it.
+    let inline = StepRecord {
+        status: StepStatus::Running,
+        attempts: 1,
+        started_at: Some(at(5)),
+        ..step(&run_id, "inline", 1)
+    };
     assert!(
-        !store
-            .retry_step(&run_id, "missing", 0, &e2, at(0))
-            .await
-            .unwrap(),
-        "unknown step"
+        store.retry_step(&inline, 1, &e2, at(500)).await.unwrap(),
+        "a started step with no entry"
+    );
+    assert_eq!(
+        get_step(store, &run_id, "inline").await,
+        StepRecord {
+            status: StepStatus::Planned,
+            error: Some(e2.clone()),
+            wake_at: Some(at(500)),
+            ..inline
+        }
     );
 }
 
@@ -1433,7 +1447,12 @@ pub async fn finish_step(store: &dyn Store) {
             .unwrap()
     );
     let e = ErrorInfo::new("Flaky", "first try");
-    assert!(store.retry_step(&run_id, "ok", 1, &e, at(2)).await.unwrap());
+    assert!(
+        store
+            .retry_step(&step(&run_id, "ok", 0), 1, &e, at(2))
+            .await
+            .unwrap()
+    );
     assert!(
         store
             .begin_attempt(&step(&run_id, "ok", 0), 2, at(2))
@@ -1576,7 +1595,7 @@ pub async fn runs_do_not_interfere(store: &dyn Store) {
     );
     assert!(
         store
-            .retry_step(&a, "charge", 1, &ErrorInfo::new("E", "x"), at(2))
+            .retry_step(&step(&a, "charge", 0), 1, &ErrorInfo::new("E", "x"), at(2))
             .await
             .unwrap()
     );

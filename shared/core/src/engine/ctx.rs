@@ -314,7 +314,7 @@ impl Ctx {
                 let next_at = later(ended, delay);
                 match engine
                     .store()
-                    .retry_step(run_id, &step_id, attempt, &err.info(), next_at)
+                    .retry_step(&record, attempt, &err.info(), next_at)
                     .await
                 {
                     Err(e) => return self.interrupt(e.into()).await,

@@ -601,19 +601,23 @@ impl Engine {
             return Ok(false);
         }
         self.journal_cache().forget(&run.run_id);
-        let not_run = StepOutcome::Failed(ErrorInfo::new(
-            "Cancelled",
-            "the run was cancelled before this step ran",
-        ));
+        let not_run = ErrorInfo::new("Cancelled", "the run was cancelled before this step ran");
         for step in self.store().journal(&run.run_id).await? {
             let unstarted = matches!(
                 step.status,
                 StepStatus::Planned | StepStatus::Sleeping | StepStatus::Waiting
             );
             if unstarted {
-                self.store()
-                    .finish_step(&run.run_id, &step.step_id, &not_run, now)
-                    .await?;
+                // Written whole: a planned step may have no entry of its own yet.
+                let cancelled = StepRecord {
+                    status: StepStatus::Failed,
+                    ended_at: Some(now),
+                    output: None,
+                    error: Some(not_run.clone()),
+                    planned: Vec::new(),
+                    ..step
+                };
+                self.store().record_step(&cancelled, &[]).await?;
             }
         }
         self.tell_invoker(run, RunStatus::Cancelled, None, Some(&error))

@@ -249,18 +249,22 @@ impl Store for MemoryStore {
 
     async fn retry_step(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         error: &ErrorInfo,
         next_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let mut state = self.state();
-        let Some(step) =
-            Self::open_step(&mut state, run_id, step_id).filter(|s| s.attempts == attempt)
-        else {
+        let steps = state.steps.entry(step.run_id.clone()).or_default();
+        let step = steps
+            .entry(step.step_id.clone())
+            .or_insert_with(|| StepRecord {
+                attempts: attempt,
+                ..step.clone()
+            });
+        if step.status.is_final() || step.attempts != attempt {
             return Ok(false);
-        };
+        }
         step.status = StepStatus::Planned;
         step.error = Some(error.clone());
         step.wake_at = Some(next_at);

@@ -112,12 +112,13 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
 
-    /// Records a failed attempt that will be retried: applied when the step is not final and
-    /// its counter equals `attempt`; status back to Planned, `error`, `wake_at = next_at`.
+    /// Records a failed attempt of `step` that will be retried: applied when the step is not
+    /// final and its counter equals `attempt`, or absent (a step started by the handler that
+    /// planned it, kept on the entry of the step before: it is then written from `step`);
+    /// status back to Planned, `error`, `wake_at = next_at`.
     async fn retry_step(
         &self,
-        run_id: &str,
-        step_id: &str,
+        step: &StepRecord,
         attempt: u32,
         error: &ErrorInfo,
         next_at: DateTime<Utc>,
