@@ -283,7 +283,8 @@ pub struct StepRecord {
     pub error: Option<ErrorInfo>,
     /// Steps planned in the same write as this step's result, as planned, on a backend that
     /// keeps them on this entry until they start (see [`crate::store::Store::record_step`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The engine's own bookkeeping: not part of the API's step (the journal lists the steps).
+    #[serde(skip)]
     pub planned: Vec<StepRecord>,
 }
 
