@@ -91,14 +91,14 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
-/// Reader connections, opened on demand, at most [`READERS`] at once.
+/// Reader connections, opened on demand (one per thread reading at once), at most
+/// [`READERS`] kept open when idle.
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    permits: tokio::sync::Semaphore,
 }
 
-/// How many reads run at once (each on its own connection, off the async runtime).
+/// Idle reader connections kept open.
 const READERS: usize = 4;
 
 /// How long a statement waits for another process's write lock before giving up.
@@ -202,7 +202,6 @@ impl SqliteStore {
         let readers = Readers {
             path: path.to_owned(),
             idle: Mutex::new(Vec::new()),
-            permits: tokio::sync::Semaphore::new(READERS),
         };
         Self::init(conn, Some(Arc::new(readers)))
     }
@@ -246,7 +245,9 @@ impl SqliteStore {
         }
     }
 
-    /// Runs a read on a reader connection (never behind the writer), off the async runtime.
+    /// Runs a read on a reader connection (never behind the writer), on the calling thread:
+    /// a read in WAL mode waits for no lock, and a point read takes microseconds, less than
+    /// handing it to another thread and back.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -255,31 +256,17 @@ impl SqliteStore {
         let Some(readers) = &self.readers else {
             return self.write(f).await;
         };
-        let _permit = readers
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| StoreError::Backend(format!("store readers closed: {e}")))?;
-        let readers = Arc::clone(readers);
-        let task = tokio::task::spawn_blocking(move || {
-            let idle = readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let conn = match idle {
-                Some(conn) => conn,
-                None => open_reader(&readers.path)?,
-            };
-            let result = f(&conn);
-            readers
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
-            result
-        });
-        match task.await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(StoreError::Backend(format!("store task failed: {e}"))),
+        let idle = readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(&readers.path)?,
+        };
+        let result = f(&conn);
+        let mut idle = readers.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < READERS {
+            idle.push(conn);
         }
+        result
     }
 }
 
