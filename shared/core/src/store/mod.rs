@@ -1,6 +1,7 @@
-//! The store: events, runs and their journals. Every state change is a single-item
-//! conditional write, so duplicated or reordered continuations change nothing, and the same
-//! contract maps onto DynamoDB (`ConditionExpression`) as onto SQLite (`UPDATE ... WHERE`).
+//! The store: events, runs and their journals. Every state change is one conditional write
+//! (one item on DynamoDB: a step's result carries the plan of the steps after it, see
+//! [`Store::record_step`]), so duplicated or reordered continuations change nothing, and the
+//! same contract maps onto DynamoDB (`ConditionExpression`) as onto SQLite (`... WHERE`).
 //!
 //! Backends: [`memory::MemoryStore`] here (tests), `baton_sqlite::SqliteStore` (the embedded
 //! default) and `baton_aws::dynamodb::DynamoStore`. Every backend passes the one conformance
