@@ -15,7 +15,9 @@
 //! | blob chunk  | `RUN#{run_id}` or `EV#{event_id}` | `BLOB#{blob_id}#{n:05}` | `part`: a slice of a large payload's JSON text |
 //!
 //! A run's steps share its partition, so [`Store::journal`] is one strongly consistent Query
-//! (`begins_with(SK, "STEP#")`, sorted by `seq` client side). `get_run`, `get_event` and
+//! (`begins_with(SK, "STEP#")`, sorted by `seq` client side). A step's result may carry `next`
+//! (JSON): the steps planned with it ([`Store::record_step`]), which have no item of their own
+//! until they start; the journal lists them. `get_run`, `get_event` and
 //! `journal` read strongly consistent; so do the `BatchGetItem` calls that fetch listed runs.
 //!
 //! Global secondary indexes, all on run items only (sort key = run id, a ULID: newest first is
