@@ -1784,11 +1784,13 @@ impl Store for DynamoStore {
             .buffered(FAN_OUT)
             .try_collect()
             .await?;
-        for plan in planned {
-            if !steps.iter().any(|s| s.step_id == plan.step_id) {
-                steps.push(plan);
-            }
-        }
+        // Each once (two results may plan the same step: a join), and not over its own item.
+        let mut seen: HashSet<String> = steps.iter().map(|s| s.step_id.clone()).collect();
+        steps.extend(
+            planned
+                .into_iter()
+                .filter(|p| seen.insert(p.step_id.clone())),
+        );
         // step_id breaks ties so the order is deterministic even if seq were reused.
         steps.sort_by(|a, b| (a.seq, &a.step_id).cmp(&(b.seq, &b.step_id)));
         Ok(steps)

@@ -673,6 +673,20 @@ fn secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// A Lambda's SQS event source named `name`, on the queue with logical id `queue_id`: batches
+/// of 10, failures reported per message.
+fn sqs_event(name: &str, queue_id: &str) -> String {
+    format!(
+        "        {name}:\n\
+         \x20         Type: SQS\n\
+         \x20         Properties:\n\
+         \x20           Queue: !GetAtt {queue_id}.Arn\n\
+         \x20           BatchSize: 10\n\
+         \x20           FunctionResponseTypes:\n\
+         \x20             - ReportBatchItemFailures\n"
+    )
+}
+
 /// The logical id of a Lambda named `name` (`continue-order`, `route-events`, ...).
 fn function_id(name: &str) -> String {
     format!("{}Function", pascal(name))
@@ -989,13 +1003,8 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
              \x20     MemorySize: {memory}\n\
              {policies}\
              \x20     Events:\n\
-             \x20       Queue:\n\
-             \x20         Type: SQS\n\
-             \x20         Properties:\n\
-             \x20           Queue: !GetAtt {queue_id}.Arn\n\
-             \x20           BatchSize: 10\n\
-             \x20           FunctionResponseTypes:\n\
-             \x20             - ReportBatchItemFailures\n",
+             {event}",
+            event = sqs_event("Queue", queue_id),
             id = pascal(binary),
             metadata = metadata(Artifact::Worker),
             description = q(description),
@@ -1273,13 +1282,8 @@ fn template(registry: &Registry) -> anyhow::Result<String> {
          \x20         BATON_HANDLER: dead-letters\n\
          {policies}\
          \x20     Events:\n\
-         \x20       {DLQ_ID}:\n\
-         \x20         Type: SQS\n\
-         \x20         Properties:\n\
-         \x20           Queue: !GetAtt {DLQ_ID}.Arn\n\
-         \x20           BatchSize: 10\n\
-         \x20           FunctionResponseTypes:\n\
-         \x20             - ReportBatchItemFailures\n",
+         {event}",
+        event = sqs_event(DLQ_ID, DLQ_ID),
         metadata = metadata(Artifact::Worker),
         timeout = secs(DEAD_LETTERS_TIMEOUT),
         dlq_name = q(&format!("${{QueuePrefix}}{DEAD_LETTER_QUEUE}")),
