@@ -584,6 +584,7 @@ impl DynamoStore {
             started_at: item.started_at,
             ended_at: item.ended_at,
             replay_of: item.replay_of.clone(),
+            replay_from: item.replay_from.clone(),
         })
     }
 
@@ -735,6 +736,7 @@ impl DynamoStore {
             started_at: item.started_at,
             ended_at: item.ended_at,
             replay_of: item.replay_of.clone(),
+            replay_from: item.replay_from.clone(),
         })
     }
 
@@ -1036,6 +1038,8 @@ struct RunItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     replay_of: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    replay_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at_epoch: Option<i64>,
 }
 
@@ -1062,10 +1066,12 @@ struct SummaryItem {
     progress: Option<Payload>,
     #[serde(default)]
     replay_of: Option<String>,
+    #[serde(default)]
+    replay_from: Option<String>,
 }
 
 /// What `BatchGetItem` reads of a listed run (`output` only when asked): never the event.
-const SUMMARY_ATTRIBUTES: [&str; 11] = [
+const SUMMARY_ATTRIBUTES: [&str; 12] = [
     "PK",
     "run_id",
     "function_id",
@@ -1077,6 +1083,7 @@ const SUMMARY_ATTRIBUTES: [&str; 11] = [
     "error",
     "progress",
     "replay_of",
+    "replay_from",
 ];
 
 /// How many partitions the function and status indexes spread each key over. Every run of a
@@ -1600,6 +1607,7 @@ impl Store for DynamoStore {
             started_at: run.started_at,
             ended_at: run.ended_at,
             replay_of: run.replay_of.clone(),
+            replay_from: run.replay_from.clone(),
             expires_at_epoch: ttl,
         })?;
         self.with_blobs(&blobs, || self.put_if_absent(item)).await

@@ -145,6 +145,7 @@ fn run(run_id: &str, function_id: &str, event: EventRecord) -> RunRecord {
         error: None,
         progress: None,
         replay_of: None,
+        replay_from: None,
     }
 }
 

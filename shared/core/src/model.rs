@@ -139,6 +139,10 @@ pub struct RunRecord {
     /// Set on runs started by a replay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<String>,
+    /// Set on runs restarted from a step of `replay_of`: that step's id. The steps before
+    /// it were copied from that run's journal; it and the rest ran again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_from: Option<String>,
 }
 
 impl RunRecord {
@@ -160,6 +164,7 @@ impl RunRecord {
             error: self.error.clone(),
             progress: self.progress.clone(),
             replay_of: self.replay_of.clone(),
+            replay_from: self.replay_from.clone(),
         }
     }
 }
@@ -180,6 +185,7 @@ pub struct RunSummary {
     pub error: Option<ErrorInfo>,
     pub progress: Option<Progress>,
     pub replay_of: Option<String>,
+    pub replay_from: Option<String>,
 }
 
 /// What a journal entry stands for.
@@ -194,6 +200,10 @@ pub enum StepKind {
     /// Waiting for an event (`wake_at`: the timeout); the output is the event, or null when
     /// the wait timed out.
     Wait,
+    /// A patch marker ([`crate::Ctx::patched`]): its output says which branch the run took
+    /// (true: the new code). Never planned or executed; recorded final when the replay first
+    /// reaches it.
+    Patch,
 }
 
 impl StepKind {
@@ -203,6 +213,7 @@ impl StepKind {
             StepKind::Sleep => "Sleep",
             StepKind::SendEvent => "SendEvent",
             StepKind::Wait => "Wait",
+            StepKind::Patch => "Patch",
         }
     }
     pub fn parse(s: &str) -> Option<StepKind> {
@@ -211,6 +222,7 @@ impl StepKind {
             StepKind::Sleep,
             StepKind::SendEvent,
             StepKind::Wait,
+            StepKind::Patch,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -1069,6 +1069,7 @@ async fn the_sweeper_recovers_a_run_whose_message_was_lost() {
         error: None,
         progress: None,
         replay_of: None,
+        replay_from: None,
     };
     // Written straight to the store: no start message was ever sent.
     assert!(

@@ -209,6 +209,7 @@ async fn measure_listing(n: usize, event_kib: usize, mode: &str) {
             error: None,
             progress: None,
             replay_of: None,
+            replay_from: None,
         };
         store.create_run(&run).await.unwrap();
         run_ids.push(run.run_id);

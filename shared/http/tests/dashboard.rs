@@ -986,6 +986,7 @@ fn run_record(
         error: (status == RunStatus::Failed).then(|| ErrorInfo::new("E", "boom")),
         progress: None,
         replay_of: None,
+        replay_from: None,
     }
 }
 

@@ -131,7 +131,8 @@ CREATE TABLE IF NOT EXISTS runs (
     progress    TEXT,
     replay_of   TEXT,
     event       TEXT NOT NULL,
-    event_name  TEXT
+    event_name  TEXT,
+    replay_from TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_function_status ON runs (function_id, status, run_id DESC);
 CREATE INDEX IF NOT EXISTS runs_by_function ON runs (function_id, run_id DESC);
@@ -168,9 +169,9 @@ CREATE TABLE IF NOT EXISTS entries (
 const FINAL_STEP: &str = "('Completed', 'Failed')";
 const TERMINAL_RUN: &str = "('Completed', 'Failed', 'Cancelled')";
 
-const RUN_COLUMNS: &str = "run_id, function_id, event_id, status, started_at, ended_at, output, error, progress, replay_of, event, event_name";
+const RUN_COLUMNS: &str = "run_id, function_id, event_id, status, started_at, ended_at, output, error, progress, replay_of, event, event_name, replay_from";
 /// What a listing reads: never the event copy; `{output}` is `output` or `NULL`.
-const SUMMARY_COLUMNS: &str = "run_id, function_id, event_id, event_name, status, started_at, ended_at, {output}, error, progress, replay_of";
+const SUMMARY_COLUMNS: &str = "run_id, function_id, event_id, event_name, status, started_at, ended_at, {output}, error, progress, replay_of, replay_from";
 const STEP_COLUMNS: &str = "run_id, step_id, name, kind, status, attempts, seq, planned_at, started_at, \
      ended_at, wake_at, output, error";
 
@@ -297,6 +298,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(backend)?;
     }
+    let has_replay_from = conn
+        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'replay_from'")
+        .and_then(|mut stmt| stmt.exists([]))
+        .map_err(backend)?;
+    if !has_replay_from {
+        conn.execute_batch("ALTER TABLE runs ADD COLUMN replay_from TEXT;")
+            .map_err(backend)?;
+    }
     Ok(())
 }
 
@@ -362,6 +371,7 @@ struct RunRow {
     replay_of: Option<String>,
     event: String,
     event_name: Option<String>,
+    replay_from: Option<String>,
 }
 
 impl RunRow {
@@ -379,6 +389,7 @@ impl RunRow {
             replay_of: row.get(9)?,
             event: row.get(10)?,
             event_name: row.get(11)?,
+            replay_from: row.get(12)?,
         })
     }
 
@@ -396,6 +407,7 @@ impl RunRow {
             function_id: self.function_id,
             event_id: self.event_id,
             replay_of: self.replay_of,
+            replay_from: self.replay_from,
             run_id: self.run_id,
         })
     }
@@ -414,6 +426,7 @@ struct SummaryRow {
     error: Option<String>,
     progress: Option<String>,
     replay_of: Option<String>,
+    replay_from: Option<String>,
 }
 
 impl SummaryRow {
@@ -430,6 +443,7 @@ impl SummaryRow {
             error: row.get(8)?,
             progress: row.get(9)?,
             replay_of: row.get(10)?,
+            replay_from: row.get(11)?,
         })
     }
 
@@ -449,6 +463,7 @@ impl SummaryRow {
             function_id: self.function_id,
             event_id: self.event_id,
             replay_of: self.replay_of,
+            replay_from: self.replay_from,
             run_id: self.run_id,
         })
     }
@@ -639,13 +654,14 @@ impl Store for SqliteStore {
             replay_of: run.replay_of.clone(),
             event: json(&run.event)?,
             event_name: Some(run.event.name.clone()),
+            replay_from: run.replay_from.clone(),
         };
         self.write(move |conn| {
             let n = conn
                 .exec_cached(
                     &format!(
                         "INSERT INTO runs ({RUN_COLUMNS})
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING"
                     ),
                     params![
                         row.run_id,
@@ -659,7 +675,8 @@ impl Store for SqliteStore {
                         row.progress,
                         row.replay_of,
                         row.event,
-                        row.event_name
+                        row.event_name,
+                        row.replay_from
                     ],
                 )
                 .map_err(backend)?;

@@ -62,6 +62,7 @@ async fn sqlite_data_survives_reopening() {
         error: None,
         progress: None,
         replay_of: None,
+        replay_from: None,
     };
     let step = StepRecord {
         run_id: run.run_id.clone(),

@@ -128,6 +128,7 @@ fn run(run_id: &str, function_id: &str, event_id: &str, started_at: DateTime<Utc
         error: None,
         progress: None,
         replay_of: None,
+        replay_from: None,
     }
 }
 

@@ -26,7 +26,7 @@ use crate::error::EngineError;
 use crate::function::{CancelOn, Function, lookup};
 use crate::model::{
     Entry, ErrorInfo, EventRecord, Expect, Message, MessageKind, RunPage, RunQuery, RunRecord,
-    RunStatus,
+    RunStatus, StepKind, StepRecord,
 };
 use crate::queue::Envelope;
 
@@ -161,7 +161,7 @@ impl Engine {
         };
         for run in page.runs {
             let new_id = key.zip(at).map(|(key, at)| replay_id(key, at, &run.run_id));
-            match self.replay_as(&run.run_id, new_id).await {
+            match self.replay_as(&run.run_id, new_id, None).await {
                 Ok(id) => outcome.run_ids.push(id),
                 // The row went unreadable or the function was removed: reported, not fatal.
                 Err(EngineError::Store(e)) if e.is_corrupt() => outcome.unreadable.push(run.run_id),
@@ -179,10 +179,37 @@ impl Engine {
             Some(key) => Some(replay_id(key, self.replay_time(key).await?, run_id)),
             None => None,
         };
-        self.replay_as(run_id, new_id).await
+        self.replay_as(run_id, new_id, None).await
     }
 
-    async fn replay_as(&self, run_id: &str, new_id: Option<String>) -> Result<String, EngineError> {
+    /// Restarts `run_id` from its step `from_step`: a new run of the same function on the
+    /// same event, whose journal starts with the recorded results of the steps before that
+    /// step (copied), so only that step and the ones after it run again. The new run records
+    /// where it came from (`replay_of`, `replay_from`). A key makes it idempotent, as for
+    /// [`Engine::replay`].
+    pub async fn replay_from(
+        &self,
+        run_id: &str,
+        from_step: &str,
+        key: Option<&str>,
+    ) -> Result<String, EngineError> {
+        let new_id = match key {
+            Some(key) => Some(replay_id(
+                &format!("{key}@{from_step}"),
+                self.replay_time(key).await?,
+                run_id,
+            )),
+            None => None,
+        };
+        self.replay_as(run_id, new_id, Some(from_step)).await
+    }
+
+    async fn replay_as(
+        &self,
+        run_id: &str,
+        new_id: Option<String>,
+        from_step: Option<&str>,
+    ) -> Result<String, EngineError> {
         let old = self
             .store()
             .get_run(run_id)
@@ -194,8 +221,36 @@ impl Engine {
                 old.function_id
             ))
         })?;
+        let reused = match from_step {
+            None => Vec::new(),
+            Some(from_step) => {
+                let journal = self.store().journal(run_id).await?;
+                let Some(from) = journal.iter().find(|s| s.step_id == from_step) else {
+                    return Err(EngineError::NotFound(format!(
+                        "step {from_step:?} of run {run_id} (GET /v1/runs/{run_id} lists its steps)"
+                    )));
+                };
+                if from.kind == StepKind::Patch {
+                    return Err(EngineError::Invalid(format!(
+                        "{from_step:?} is a patch marker, not a step to restart from"
+                    )));
+                }
+                super::upgrade::reused_before(&journal, from)
+            }
+        };
         let new_id = new_id.unwrap_or_else(|| self.new_id(self.now()));
-        let run = self.new_run(new_id, function, old.event, Some(old.run_id));
+        let mut run = self.new_run(new_id, function, old.event, Some(old.run_id));
+        run.replay_from = from_step.map(str::to_string);
+        // The reused results go in before the run exists, so no handler ever sees the run
+        // with part of them (a crash in between leaves entries no run reads).
+        for step in reused {
+            let step = StepRecord {
+                run_id: run.run_id.clone(),
+                planned: Vec::new(),
+                ..step
+            };
+            self.store().record_step(&step, &[]).await?;
+        }
         // An existing run (a retried request) gets its start again: harmless.
         self.create_run(function, &run).await?;
         self.send(self.start_messages(function, &run, Duration::ZERO))
@@ -339,18 +394,32 @@ impl Engine {
     pub async fn sweep(&self, stale_after: Option<Duration>) -> Result<usize, EngineError> {
         let now = self.now();
         let mut count = 0;
-        for function in self.registry().functions() {
-            let mut selection = RunSelection {
-                limit: SWEEP_PAGE,
-                ..RunSelection::function(&function.id)
-            };
+        for status in LIVE {
+            let mut cursor = None;
             loop {
-                let page = self.page_of_runs(&selection, &LIVE).await?;
+                let page = self
+                    .store()
+                    .list_runs(&RunQuery {
+                        function_id: None,
+                        status: Some(status),
+                        started_after: None,
+                        started_before: None,
+                        limit: SWEEP_PAGE,
+                        cursor: cursor.take(),
+                        with_output: false,
+                    })
+                    .await?;
                 for run_id in &page.unreadable {
                     tracing::warn!(run_id, "unreadable run skipped by the sweeper");
                 }
                 let mut batch = Vec::new();
                 for run in &page.runs {
+                    if self.registry().get(&run.function_id).is_none() {
+                        // Its queues went with it: no message would ever reach it again.
+                        self.end_removed(&run.run_id).await?;
+                        count += 1;
+                        continue;
+                    }
                     if let Some(stale_after) = stale_after {
                         let journal = self.store().journal(&run.run_id).await?;
                         let last = journal
@@ -384,13 +453,35 @@ impl Engine {
                 count += batch.len();
                 self.send(batch).await?;
                 match page.cursor {
-                    Some(cursor) => selection.cursor = Some(cursor),
+                    Some(next) => cursor = Some(next),
                     None => break,
                 }
             }
         }
         Ok(count)
     }
+
+    /// Fails a run whose function is no longer registered with `FunctionRemoved` (its
+    /// failure event goes out, so handlers of `baton/function.failed` run).
+    async fn end_removed(&self, run_id: &str) -> Result<(), EngineError> {
+        // The listing reads summaries: the failure event carries the run's event.
+        match self.store().get_run(run_id).await? {
+            Some(run) if !run.status.is_terminal() => {
+                self.fail_run(&run, removed_error(&run.function_id)).await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The error a run of a function no longer registered ends with.
+pub(super) fn removed_error(function_id: &str) -> ErrorInfo {
+    ErrorInfo::new(
+        "FunctionRemoved",
+        format!(
+            "function {function_id:?} is not in the deployed code (removed or renamed): the run cannot go on"
+        ),
+    )
 }
 
 /// `{status}.{run id}` back into the index of the status and the run-id cursor.

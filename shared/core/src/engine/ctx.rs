@@ -99,6 +99,9 @@ struct Inner {
     /// not reach it is not deterministic. (With a partial journal, this is what catches it.)
     expected: Option<String>,
     now: DateTime<Utc>,
+    /// A dry replay ([`Engine::check_run`]): no step body runs, nothing is read or written;
+    /// whatever would act blocks instead.
+    dry: bool,
     wake: Arc<Notify>,
     state: Mutex<State>,
 }
@@ -116,6 +119,12 @@ struct State {
     active: usize,
     /// A definition error (undeclared step, non-determinism): fails the run whatever the code does.
     fatal: Option<Error>,
+    /// The step id where `fatal` arose, when it is about one.
+    fatal_at: Option<String>,
+    /// The whole journal is in `journal` (read when a patch marker needed it).
+    complete: bool,
+    /// The patch markers the pass reached, and the branch each took (true: the new code).
+    patches: Vec<(String, bool)>,
     /// The store or queue failed: the invocation stops and the message is delivered again.
     interrupted: Option<EngineError>,
     progress: Option<Progress>,
@@ -153,6 +162,9 @@ pub(crate) enum PassEnd {
 pub(crate) struct PassResult {
     pub end: PassEnd,
     pub fatal: Option<Error>,
+    pub fatal_at: Option<String>,
+    /// Patch markers reached: step id, and whether the run took the new branch.
+    pub patches: Vec<(String, bool)>,
     pub interrupted: Option<EngineError>,
     pub pending: Vec<Pending>,
     pub progress: Option<Progress>,
@@ -179,6 +191,35 @@ impl Ctx {
         woken: Option<String>,
         now: DateTime<Utc>,
     ) -> Ctx {
+        Ctx::build(
+            engine, run, function, journal, partial, target, woken, now, false,
+        )
+    }
+
+    /// A context for a dry replay of `run` over its whole journal: step bodies never run and
+    /// nothing is read or written (see [`Engine::check_run`]).
+    pub(crate) fn dry(
+        engine: Engine,
+        run: RunRecord,
+        function: Arc<Function>,
+        journal: Vec<StepRecord>,
+        now: DateTime<Utc>,
+    ) -> Ctx {
+        Ctx::build(engine, run, function, journal, false, None, None, now, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        engine: Engine,
+        run: RunRecord,
+        function: Arc<Function>,
+        journal: Vec<StepRecord>,
+        partial: bool,
+        target: Option<Target>,
+        woken: Option<String>,
+        now: DateTime<Utc>,
+        dry: bool,
+    ) -> Ctx {
         let expected = target.as_ref().map(|t| t.step_id.clone()).or(woken);
         let state = State {
             journal: journal
@@ -186,6 +227,7 @@ impl Ctx {
                 .map(|s| (s.step_id.clone(), s))
                 .collect(),
             progress: run.progress.clone(),
+            complete: !partial,
             ..State::default()
         };
         Ctx {
@@ -197,6 +239,7 @@ impl Ctx {
                 target,
                 expected,
                 now,
+                dry,
                 wake: Arc::new(Notify::new()),
                 state: Mutex::new(state),
             }),
@@ -242,7 +285,7 @@ impl Ctx {
     {
         let name = step.name();
         let (step_id, existing) = self.enter(name, StepKind::Run).await?;
-        if let Some(done) = existing.as_ref().and_then(journaled::<T>) {
+        if let Some(done) = existing.as_ref().and_then(|r| self.replayed::<T>(r)) {
             return done;
         }
         let record =
@@ -475,7 +518,8 @@ impl Ctx {
             .iter()
             .any(|(e, f)| e == event && f == field);
         if !declared {
-            return Err(self.fail_definition(
+            return Err(self.fail_at(
+                &format!("{}{name}", self.scope),
                 "UndeclaredWait",
                 format!(
                     "wait {name:?} for {event:?} on {field:?} is not declared on function {:?} (Function::wait)",
@@ -495,8 +539,8 @@ impl Ctx {
         received
             .map(|event| {
                 serde_json::from_value(event).map_err(|e| {
-                    Error::with_kind(
-                        ErrorKind::Definition,
+                    self.fail_at(
+                        &format!("{}{name}", self.scope),
                         "EventTypeMismatch",
                         format!("the event wait {name:?} received does not match its type: {e}"),
                     )
@@ -515,7 +559,7 @@ impl Ctx {
         timeout: Duration,
     ) -> Result<Option<Value>, Error> {
         let (step_id, existing) = self.enter(name, StepKind::Wait).await?;
-        if let Some(done) = existing.as_ref().and_then(journaled::<Option<Value>>) {
+        if let Some(done) = existing.as_ref().and_then(|r| self.replayed::<Option<Value>>(r)) {
             return done;
         }
         if value.is_null() {
@@ -644,8 +688,13 @@ impl Ctx {
         internal: bool,
     ) -> Result<Vec<String>, Error> {
         let (step_id, existing) = self.enter(name, StepKind::SendEvent).await?;
-        if let Some(done) = existing.as_ref().and_then(journaled::<Vec<String>>) {
+        if let Some(done) = existing.as_ref().and_then(|r| self.replayed::<Vec<String>>(r)) {
             return done;
+        }
+        if self.inner.dry {
+            let record = existing
+                .unwrap_or_else(|| self.new_record(&step_id, name, StepKind::SendEvent, None));
+            return self.block(record).await;
         }
         let _active = self.activate();
         self.record_finished().await;
@@ -699,6 +748,163 @@ impl Ctx {
         });
     }
 
+    /// A patch marker, so code can change under live runs: true when this run reaches `id`
+    /// for the first time (the new code), false when its journal had already passed this
+    /// point without it (a run started under the old code, to take the old branch). The
+    /// answer is journaled when first given, so every replay of a run gets the same one.
+    ///
+    /// ```ignore
+    /// if ctx.patched("summary-step").await {
+    ///     ctx.step(SUMMARIZE, async |_| summarize(&doc).await).await?;   // the new code
+    /// }
+    /// ctx.step(PUBLISH, async |_| publish(&doc).await).await?;
+    /// ```
+    ///
+    /// "Passed this point" means: in this branch, the journal has a step this replay has not
+    /// reached yet (a step after the marker, or in a branch cloned after it). Call it from a
+    /// branch's sequential code, not from within a `join` of the same `ctx`.
+    ///
+    /// To retire a patch once no live run needs the old branch: `baton deploy-check` lists
+    /// the runs that took it; when none is left, delete the call and the old branch. A marker
+    /// the code no longer reaches is ignored. `id`: letters, digits, `-` and `_`.
+    pub async fn patched(&self, id: &str) -> bool {
+        let valid = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let step_id = format!("{}@{id}", self.scope);
+        if !valid {
+            self.fail_at(
+                &step_id,
+                "InvalidPatch",
+                format!("patch id {id:?} must be 1-64 letters, digits, '-' or '_'"),
+            );
+            return false;
+        }
+        if let Some(taken) = self.known_patch(&step_id) {
+            return taken;
+        }
+        let at_frontier = self.state().after_target.as_ref() == Some(&self.scope);
+        if !at_frontier && !self.state().complete {
+            // The journal came from the cache: whether the run passed here needs all of it.
+            let _active = self.activate();
+            match self.inner.engine.store().journal(self.run_id()).await {
+                Err(e) => {
+                    drop(_active);
+                    return self.interrupt(e.into()).await;
+                }
+                Ok(journal) => {
+                    let mut state = self.state();
+                    for record in journal {
+                        state.journal.entry(record.step_id.clone()).or_insert(record);
+                    }
+                    state.complete = true;
+                }
+            }
+            if let Some(taken) = self.known_patch(&step_id) {
+                return taken;
+            }
+        }
+        let taken = at_frontier || !self.passed_here();
+        let mut marker = self.new_record(&step_id, id, StepKind::Patch, None);
+        marker.seq = self.state().next_seq;
+        marker.status = StepStatus::Completed;
+        marker.output = Some(Value::Bool(taken));
+        marker.started_at = Some(self.inner.now);
+        marker.ended_at = Some(self.inner.now);
+        if self.inner.dry {
+            self.note_patch(marker);
+            return taken;
+        }
+        let _active = self.activate();
+        // A later entry is never final before an earlier one: the target's result goes first.
+        self.record_finished().await;
+        match self.inner.engine.store().record_step(&marker, &[]).await {
+            Err(e) => {
+                drop(_active);
+                self.interrupt(e.into()).await
+            }
+            Ok(true) => {
+                self.remember(&marker);
+                self.note_patch(marker);
+                taken
+            }
+            // Another handler recorded it first: its answer holds.
+            Ok(false) => match self.inner.engine.store().get_step(self.run_id(), &step_id).await {
+                Err(e) => {
+                    drop(_active);
+                    self.interrupt(e.into()).await
+                }
+                Ok(Some(record)) => {
+                    let taken = record.output == Some(Value::Bool(true));
+                    self.remember(&record);
+                    self.note_patch(record);
+                    taken
+                }
+                Ok(None) => {
+                    drop(_active);
+                    self.interrupt(EngineError::Store(crate::error::StoreError::Backend(
+                        format!("patch marker {step_id:?} was recorded but cannot be read"),
+                    )))
+                    .await
+                }
+            },
+        }
+    }
+
+    /// The journaled answer of patch marker `step_id`, if any (noted as reached).
+    fn known_patch(&self, step_id: &str) -> Option<bool> {
+        let record = self.state().journal.get(step_id).cloned()?;
+        if record.kind != StepKind::Patch {
+            self.fail_at(
+                step_id,
+                "NonDeterministic",
+                format!(
+                    "replay reached patch marker {step_id:?} where the journal has a {:?} step",
+                    record.kind
+                ),
+            );
+            return Some(false);
+        }
+        let taken = record.output == Some(Value::Bool(true));
+        let mut state = self.state();
+        state.visited.insert(step_id.to_string());
+        if !state.patches.iter().any(|(id, _)| id == step_id) {
+            state.patches.push((step_id.to_string(), taken));
+        }
+        Some(taken)
+    }
+
+    fn note_patch(&self, marker: StepRecord) {
+        let taken = marker.output == Some(Value::Bool(true));
+        let mut state = self.state();
+        state.visited.insert(marker.step_id.clone());
+        state.patches.push((marker.step_id.clone(), taken));
+        state.journal.insert(marker.step_id.clone(), marker);
+    }
+
+    /// Whether this branch's journal has a step the replay has not reached yet: directly in
+    /// this branch, or in a branch cloned from it after this point.
+    fn passed_here(&self) -> bool {
+        let cloned_so_far = self.branches.load(Ordering::Relaxed);
+        let state = self.state();
+        state
+            .journal
+            .values()
+            .flat_map(|s| std::iter::once(s).chain(&s.planned))
+            .filter(|s| s.kind != StepKind::Patch && !state.visited.contains(&s.step_id))
+            .any(|s| {
+                let Some(rest) = s.step_id.strip_prefix(self.scope.as_str()) else {
+                    return false;
+                };
+                match rest.split_once('/') {
+                    None => true,
+                    Some((branch, _)) => branch.parse::<u32>().is_ok_and(|n| n >= cloned_so_far),
+                }
+            })
+    }
+
     // ---- internals ----
 
     /// Assigns the next step id for `name` and checks it against the journal (reading its
@@ -748,7 +954,8 @@ impl Ctx {
         }
         if let Some(record) = &existing {
             if record.kind != kind || record.name != name {
-                return Err(self.fail_definition(
+                return Err(self.fail_at(
+                    &step_id,
                     "NonDeterministic",
                     format!(
                         "replay reached {kind:?} step {step_id:?} where the journal has a {:?} step named {:?}: \
@@ -782,7 +989,8 @@ impl Ctx {
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(self.fail_definition(
+            return Err(self.fail_at(
+                &format!("{}{name}", self.scope),
                 "UndeclaredStep",
                 format!(
                     "step {name:?} is not declared on function {:?} (declared: {declared})",
@@ -831,7 +1039,7 @@ impl Ctx {
             status: match kind {
                 StepKind::Sleep => StepStatus::Sleeping,
                 StepKind::Wait => StepStatus::Waiting,
-                StepKind::Run | StepKind::SendEvent => StepStatus::Planned,
+                StepKind::Run | StepKind::SendEvent | StepKind::Patch => StepStatus::Planned,
             },
             attempts: 0,
             seq,
@@ -907,6 +1115,29 @@ impl Ctx {
         let error = Error::with_kind(ErrorKind::Definition, name, message);
         self.state().fatal.get_or_insert_with(|| error.clone());
         error
+    }
+
+    /// [`Ctx::fail_definition`] about step `step_id`.
+    fn fail_at(&self, step_id: &str, name: &str, message: String) -> Error {
+        let mut state = self.state();
+        if state.fatal.is_none() {
+            state.fatal_at = Some(step_id.to_string());
+        }
+        drop(state);
+        self.fail_definition(name, message)
+    }
+
+    /// A journaled step's result, typed. An output the code's type no longer reads (the code
+    /// changed under a live run) fails the run with `OutputTypeMismatch`, whatever the code
+    /// does with the error.
+    fn replayed<T: DeserializeOwned>(&self, record: &StepRecord) -> Option<Result<T, Error>> {
+        let result = journaled::<T>(record)?;
+        if let Err(e) = &result {
+            if e.kind == ErrorKind::Definition {
+                self.fail_at(&record.step_id, &e.name, e.message.clone());
+            }
+        }
+        Some(result)
     }
 
     /// Stops the invocation: the pass reports the error and the message is redelivered.
@@ -990,7 +1221,10 @@ impl Ctx {
         let mut state = self.state();
         let unvisited = state
             .journal
-            .keys()
+            .values()
+            // A patch marker the code no longer reaches is a retired patch: harmless.
+            .filter(|s| s.kind != StepKind::Patch)
+            .map(|s| &s.step_id)
             .chain(self.inner.expected.iter())
             .filter(|id| !state.visited.contains(*id))
             .cloned()
@@ -1000,6 +1234,8 @@ impl Ctx {
         PassResult {
             end,
             fatal: state.fatal.take(),
+            fatal_at: state.fatal_at.take(),
+            patches: std::mem::take(&mut state.patches),
             interrupted: state.interrupted.take(),
             pending: std::mem::take(&mut state.pending),
             progress: state.progress.take(),

@@ -10,6 +10,7 @@ mod cache;
 mod config;
 mod ctx;
 mod flow;
+mod upgrade;
 mod wait;
 
 use std::sync::Arc;
@@ -26,6 +27,9 @@ pub use config::{Backoff, Clock, EngineConfig, Limits, later};
 pub use ctx::{Ctx, StepCtx};
 use ctx::{PassEnd, PassResult, Pending, Target};
 pub use flow::SLOT_RECHECK;
+pub use upgrade::{
+    DEPLOY_CHECK_CONCURRENCY, DeployCheck, Incompatibility, RunCheck, Verdict,
+};
 pub use wait::WAIT_LOOKBACK;
 
 use crate::error::{EngineError, StepError};
@@ -656,6 +660,7 @@ impl Engine {
             error: None,
             progress: None,
             replay_of,
+            replay_from: None,
         }
     }
 
@@ -760,10 +765,7 @@ impl Engine {
             return self.fail_run(&run, error).await.map(|()| None);
         }
         let Some(function) = self.registry().get(&run.function_id).cloned() else {
-            let error = ErrorInfo::new(
-                "UnknownFunction",
-                format!("function {:?} is not registered", run.function_id),
-            );
+            let error = bulk::removed_error(&run.function_id);
             return self.fail_run(&run, error).await.map(|()| None);
         };
         if let Some(error) = self.timed_out(&function, &run, now) {
