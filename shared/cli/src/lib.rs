@@ -13,9 +13,13 @@
 //!   API and the dashboard) with the app's functions.
 //! - `baton generate [--check | --idle-cost]`: the deployment files from the registry
 //!   (`baton_deploy`), or what the stack costs idle.
-//! - `baton send`, `runs`, `run` (`--follow`), `cancel`, `replay`, `functions`: the API's
-//!   operations against the dev server or, with `--url`, a deployment ([`remote`]).
+//! - `baton send`, `runs`, `run` (`--follow`), `cancel`, `replay` (`--from STEP`),
+//!   `functions`: the API's operations against the dev server or, with `--url`, a deployment
+//!   ([`remote`]).
+//! - `baton deploy-check [--table T] [--json]`: every unfinished run dry-replayed against the
+//!   app's functions before a deploy ([`deploy_check`]).
 
+pub mod deploy_check;
 pub mod remote;
 
 use std::net::SocketAddr;
@@ -179,6 +183,10 @@ enum Command {
     Replay(ReplayArgs),
     /// List functions with their triggers, success rate and p50/p95 duration.
     Functions(FunctionsArgs),
+    /// Before deploying this binary: dry-replay every unfinished run in the store (SQLite, or
+    /// a stack's DynamoDB table with --table) against its functions. Exit 1 when a run would
+    /// break.
+    DeployCheck(deploy_check::DeployCheckArgs),
 }
 
 /// Where the API is. Keys come from the environment: BATON_SIGNING_KEY (sent as
@@ -274,6 +282,10 @@ struct ReplayArgs {
     /// Bulk replay: and at least this long ago (the window's end), e.g. 10m.
     #[arg(long, value_parser = humantime::parse_duration)]
     until: Option<Duration>,
+    /// Restart the run from this step (its id, as `baton run ID` lists it): the steps before
+    /// it keep their recorded results; it and the rest run again.
+    #[arg(long = "from", value_name = "STEP", requires = "id")]
+    from_step: Option<String>,
     #[command(flatten)]
     remote: Remote,
 }
@@ -373,7 +385,9 @@ impl App {
             Command::Replay(args) => {
                 let client = args.remote.client()?;
                 match (&args.id, &args.function, args.since) {
-                    (Some(id), _, _) => remote::replay_one(&client, id).await.map(ok),
+                    (Some(id), _, _) => remote::replay_one(&client, id, args.from_step.as_deref())
+                        .await
+                        .map(ok),
                     (None, Some(function), Some(since)) => {
                         remote::replay_many(&client, function, &args.status, since, args.until)
                             .await
@@ -385,6 +399,7 @@ impl App {
             Command::Functions(args) => remote::functions(&args.remote.client()?, &args.window)
                 .await
                 .map(ok),
+            Command::DeployCheck(args) => deploy_check::run(args, (self.registry)()).await,
         }
     }
 }

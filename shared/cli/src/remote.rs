@@ -629,18 +629,22 @@ pub async fn cancel(client: &Client, run_id: &str) -> anyhow::Result<()> {
 }
 
 /// `baton replay ID`.
-pub async fn replay_one(client: &Client, run_id: &str) -> anyhow::Result<()> {
+/// `baton replay ID [--from STEP]`: from the start, or restarted from one of its steps (the
+/// steps before it keep their recorded results).
+pub async fn replay_one(client: &Client, run_id: &str, from: Option<&str>) -> anyhow::Result<()> {
+    let body = from.map(|step| serde_json::json!({ "from_step": step }));
     let reply = client
         .call(
             Method::POST,
             &format!("/v1/runs/{}/replay", segment(run_id)),
-            None,
+            body,
         )
         .await?;
-    println!(
-        "replayed run {run_id} as run {}",
-        str_of(&reply["data"]["run_id"])
-    );
+    let new_run = str_of(&reply["data"]["run_id"]);
+    match from {
+        Some(step) => println!("restarted run {run_id} from step {step} as run {new_run}"),
+        None => println!("replayed run {run_id} as run {new_run}"),
+    }
     Ok(())
 }
 

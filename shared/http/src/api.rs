@@ -436,6 +436,17 @@ async fn json_object(
     body: Body,
     allowed: &[&str],
 ) -> Result<Map<String, Value>, ApiError> {
+    json_object_or_empty(headers, body, allowed)
+        .await?
+        .ok_or_else(|| ApiError::bad_request("request body must be a JSON object"))
+}
+
+/// [`json_object`], or None for an empty body (an endpoint whose fields are all optional).
+async fn json_object_or_empty(
+    headers: &HeaderMap,
+    body: Body,
+    allowed: &[&str],
+) -> Result<Option<Map<String, Value>>, ApiError> {
     let bytes = match read_body(headers, body, MAX_V1_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(BodyError::TooLarge) => {
@@ -450,6 +461,9 @@ async fn json_object(
             )));
         }
     };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
     let Value::Object(map) = value else {
@@ -461,7 +475,7 @@ async fn json_object(
             allowed.join(", ")
         )));
     }
-    Ok(map)
+    Ok(Some(map))
 }
 
 fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
@@ -536,6 +550,7 @@ fn run_json(run: &RunSummary) -> Map<String, Value> {
         "error": to_value(&run.error),
         "progress": to_value(&run.progress),
         "replay_of": run.replay_of,
+        "replay_from": run.replay_from,
         "event_name": run.event_name,
     });
     match value {
@@ -1048,15 +1063,36 @@ async fn cancel_run(
     Ok(axum::Json(json!({ "data": run_detail_json(&RunDetail { run, steps }) })).into_response())
 }
 
-/// `POST /v1/runs/{run_id}/replay`: 201 with the new run's id.
+/// `POST /v1/runs/{run_id}/replay`, body empty or `{"from_step"?}`: 201 with the new run's
+/// id. With `from_step` (a step id of the run), the new run reuses the recorded results of
+/// the steps before it and runs it and the rest again.
 async fn replay_run(
     State(state): State<AppState>,
     headers: HeaderMap,
     run_id: Result<Path<String>, PathRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let Path(run_id) = run_id.map_err(path_error)?;
     let key = idempotency_key(&headers)?;
-    let new_run = state.engine.replay(&run_id, key.as_deref()).await?;
+    let body = json_object_or_empty(&headers, body, &["from_step"]).await?;
+    let from_step = match body.as_ref().and_then(|b| b.get("from_step")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(step)) if !step.is_empty() => Some(step.as_str()),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "from_step must be a step id (a non-empty string), got {other}"
+            )));
+        }
+    };
+    let new_run = match from_step {
+        Some(step) => {
+            state
+                .engine
+                .replay_from(&run_id, step, key.as_deref())
+                .await?
+        }
+        None => state.engine.replay(&run_id, key.as_deref()).await?,
+    };
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"data": {"run_id": new_run}})),

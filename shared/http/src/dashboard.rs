@@ -851,7 +851,8 @@ fn step_span(
 }
 
 /// The step timeline: one row per step, a bar on a shared time axis from the run's start.
-fn timeline(run: &RunRecord, steps: &[StepRecord], now: DateTime<Utc>) -> String {
+/// The step timeline; `csrf`: the session's form field, for each step's "Replay from here".
+fn timeline(run: &RunRecord, steps: &[StepRecord], now: DateTime<Utc>, csrf: &str) -> String {
     if steps.is_empty() {
         return "<p class=\"empty\">No steps yet.</p>".to_string();
     }
@@ -953,11 +954,24 @@ fn timeline(run: &RunRecord, steps: &[StepRecord], now: DateTime<Utc>) -> String
                 block = json_block(output, &format!("/v1/runs/{}", enc(&run.run_id))),
             );
         }
+        // A new run on the same event that reuses the steps before this one.
+        let restart = if step.kind == StepKind::Patch {
+            String::new()
+        } else {
+            format!(
+                "<form method=\"post\" action=\"/runs/{run_enc}/replay\" class=\"restart\">{csrf}{key}\
+                 <input type=\"hidden\" name=\"from_step\" value=\"{id}\">\
+                 <button type=\"submit\" class=\"quiet\" title=\"A new run on the same event: the steps before this one keep their recorded results; this one and the rest run again\">Replay from here</button></form>",
+                run_enc = enc(&run.run_id),
+                id = esc(&step.step_id),
+                key = key_field(),
+            )
+        };
         let _ = write!(
             rows,
             "<tr data-step=\"{id}\" data-status=\"{status}\"><td class=\"num\">{seq}</td>\
              <td><span class=\"mono\">{id}</span>{kind}</td><td>{badge}</td><td class=\"num\">{attempts}</td>\
-             <td class=\"num\">+{offset}</td><td class=\"num\">{took}</td><td class=\"gantt\">{bar}</td><td class=\"result\">{result}</td></tr>",
+             <td class=\"num\">+{offset}</td><td class=\"num\">{took}</td><td class=\"gantt\">{bar}</td><td class=\"result\">{result}</td><td>{restart}</td></tr>",
             id = esc(&step.step_id),
             seq = step.seq,
             kind = match step.kind {
@@ -970,7 +984,7 @@ fn timeline(run: &RunRecord, steps: &[StepRecord], now: DateTime<Utc>) -> String
     }
     format!(
         "<table class=\"timeline\"><thead><tr><th>#</th><th>Step</th><th>Status</th><th>Attempts</th>\
-         <th>Start</th><th>Duration</th><th class=\"gantt\">Timeline (0 – {total})</th><th>Output / error</th></tr></thead>\
+         <th>Start</th><th>Duration</th><th class=\"gantt\">Timeline (0 – {total})</th><th>Output / error</th><th></th></tr></thead>\
          <tbody>{rows}</tbody></table>",
         total = duration(axis_end - t0),
     )
@@ -1020,8 +1034,14 @@ async fn run_page(
         _ => String::new(),
     };
     let replay_of = run.replay_of.as_ref().map_or_else(String::new, |old| {
+        let from = run.replay_from.as_ref().map_or_else(String::new, |step| {
+            format!(
+                " from step <span class=\"mono\" id=\"replay-from\">{}</span>",
+                esc(step)
+            )
+        });
         format!(
-            "<dt>Replay of</dt><dd><a class=\"mono\" href=\"/runs/{}\">{}</a></dd>",
+            "<dt>Replay of</dt><dd><a class=\"mono\" href=\"/runs/{}\">{}</a>{from}</dd>",
             enc(old),
             esc(old)
         )
@@ -1050,7 +1070,7 @@ async fn run_page(
         ended = opt_time(run.ended_at),
         duration = run_duration(&run.summary(false), now),
         progress = run_progress(&run.summary(false)),
-        timeline = timeline(run, &detail.steps, now),
+        timeline = timeline(run, &detail.steps, now, &csrf),
         event = json_block(&run.event.to_json(), &format!("/v1/runs/{id_enc}")),
     );
     Ok(LivePage {
@@ -1094,7 +1114,15 @@ async fn replay_action(
     let form = Form::read(&headers, body, FORM_OVERHEAD).await?;
     check_post(&headers, &access, &form)?;
     let key = form_key(&form)?;
-    let new_run = state.engine.replay(&run_id, key.as_deref()).await?;
+    let new_run = match form.get("from_step") {
+        "" => state.engine.replay(&run_id, key.as_deref()).await?,
+        step => {
+            state
+                .engine
+                .replay_from(&run_id, step, key.as_deref())
+                .await?
+        }
+    };
     Ok(redirect(&format!(
         "/runs/{}?notice=replayed",
         enc(&new_run)

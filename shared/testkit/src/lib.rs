@@ -9,6 +9,8 @@
 //!   drive the Lambda handlers' code with the batches Lambda would build.
 //! - [`moto`]: a whole deployment on a moto server (table, queues, engine, the HTTP routes fed
 //!   API Gateway events, one consumer per queue as Lambda runs them), metered.
+//! - [`upgrade`]: changing code under live runs (v1 and v2 registries over one store): patch
+//!   markers, the pre-deploy check, removed functions, restarts from a step.
 //! - [`fixtures`]: real AWS event JSON (`sam local generate-event`).
 
 pub mod chaos;
@@ -16,6 +18,7 @@ pub mod conformance;
 pub mod cost;
 pub mod moto;
 pub mod sqs_trigger;
+pub mod upgrade;
 
 /// Real event JSON as AWS sends it, generated offline with `sam local generate-event` (see
 /// `fixtures/README.md`): tests replace only what must name Baton's own data.

@@ -143,6 +143,18 @@ pub fn sdk_config_from_env() -> anyhow::Result<aws_config::SdkConfig> {
     Ok(config.build())
 }
 
+/// The SDK configuration of a developer's machine or a CI job, for tools run outside Lambda
+/// (`baton deploy-check`): aws-config's default chain (the environment, `~/.aws` profiles
+/// with static keys or roles to assume, web identity, container and instance roles), the
+/// region from `AWS_REGION` or the profile, and `AWS_ENDPOINT_URL` when set. SSO profiles
+/// need their credentials exported first (`aws configure export-credentials --format env`).
+pub async fn sdk_config_default_chain() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https_client())
+        .load()
+        .await
+}
+
 /// The SDK clients' HTTPS client: rustls on ring, the system's root certificates.
 fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
