@@ -83,6 +83,18 @@ async fn sdk_config(
     )
 }
 
+/// A store on a fresh table of its own on the moto server at [`endpoint`] (unmetered).
+pub async fn fresh_store() -> DynamoStore {
+    let endpoint = endpoint();
+    let (_, _, client) = sdk_config(&endpoint, &CostMeter::new(table_indexes())).await;
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    let store = DynamoStore::new(client, format!("baton-test-{id}"));
+    store.create_table().await.unwrap_or_else(|e| {
+        panic!("create table: {e}; is a moto server running at {endpoint}? `scripts/moto` starts one")
+    });
+    store
+}
+
 /// The deployment: engine over DynamoDB + SQS on moto.
 pub struct Deployment {
     pub engine: Engine,
