@@ -1,7 +1,7 @@
 //! The dashboard in a real browser: a real `baton dev` (with a signing key, so signing in is
 //! part of it) on 127.0.0.1, driven by `node tests/browser/dashboard.mjs` (playwright-core and
 //! Debian's headless Chromium): send an order from the page, watch its run complete live, open
-//! its timeline, replay a failed run, cancel, bulk replay, the functions. A screenshot of every
+//! its timeline, restart it from a step, replay a failed run, cancel, bulk replay, the functions. A screenshot of every
 //! page is kept in `target/dashboard-screenshots/` (or `$BATON_SCREENSHOT_DIR`).
 //!
 //! Needs /usr/bin/chromium (or `$BATON_CHROMIUM`), Node.js 20+ and tests/browser/node_modules:
@@ -153,6 +153,7 @@ fn the_dashboard_works_in_a_real_browser() {
         "event",
         "runs",
         "run-timeline",
+        "run-restarted",
         "run-failed",
         "run-replayed",
         "run-cancelled",

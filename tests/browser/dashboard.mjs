@@ -136,6 +136,23 @@ try {
   log("timeline checked");
   await shot("run-timeline");
 
+  // ---- restart it from its third step ----
+  await Promise.all([
+    page.waitForURL(/\/runs\/[0-9A-Z]{26}\?notice=replayed$/),
+    page.click("tr[data-step='charge-card'] button:has-text('Replay from here')"),
+  ]);
+  const restartRun = new URL(page.url()).pathname.split("/").pop();
+  check(restartRun !== okRun, "the restart is the same run");
+  check(await page.isVisible(`a[href='/runs/${okRun}']`), "the restart does not link to the run it restarts");
+  check((await page.textContent("#replay-from")) === "charge-card", "the restart does not say which step it started from");
+  await page.waitForSelector(".title .badge.s-completed", { timeout: 30_000 });
+  for (const step of ["validate", "reserve-stock", "charge-card", "send-receipt"]) {
+    const status = await page.getAttribute(`tr[data-step='${step}']`, "data-status");
+    check(status === "Completed", `restarted run: step ${step} is ${status}`);
+  }
+  log("restarted", okRun, "from charge-card as", restartRun);
+  await shot("run-restarted");
+
   // ---- a failing order, and its replay from the page ----
   const badRun = await sendEvent({ order_id: "browser-2", items: [] });
   await page.waitForSelector(`tr[data-run-id='${badRun}'][data-status='Failed']`);
@@ -143,7 +160,7 @@ try {
   check((await page.textContent("main")).includes("order has no items"), "the failed run's error is missing");
   check((await page.getAttribute("tr[data-step='validate']", "data-status")) === "Failed", "validate did not fail");
   await shot("run-failed");
-  await Promise.all([page.waitForURL(/\/runs\/[0-9A-Z]{26}\?notice=replayed$/), page.click("button:has-text('Replay')")]);
+  await Promise.all([page.waitForURL(/\/runs\/[0-9A-Z]{26}\?notice=replayed$/), page.click(".title .actions button:has-text('Replay')")]);
   const replayRun = new URL(page.url()).pathname.split("/").pop();
   check(replayRun !== badRun, "the replay is the same run");
   check(await page.isVisible(`a[href='/runs/${badRun}']`), "the replay does not link to the run it replays");

@@ -608,7 +608,39 @@ async fn send_cancel_replay_and_bulk_replay_from_the_forms() {
     assert!(page.text.contains("Replay started"));
     assert!(page.text.contains(&format!("href=\"/runs/{failed}\"")));
 
-    // Bulk replay: the failer's two failed runs of the last hour.
+    // "Replay from here" on a step of the timeline: a restart from that step.
+    let page = dash.get(&format!("/runs/{failed}")).await;
+    assert!(
+        page.text.contains("<input type=\"hidden\" name=\"from_step\" value=\"boom\">"),
+        "{}",
+        page.text
+    );
+    assert!(page.text.contains("Replay from here"));
+    let reply = dash
+        .post_form(&format!("/runs/{failed}/replay"), &[("from_step", "boom")], &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text);
+    let restarted = reply.location()["/runs/".len()..]
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let run = dash.finish(&restarted).await;
+    assert_eq!(run.replay_of.as_deref(), Some(failed.as_str()));
+    assert_eq!(run.replay_from.as_deref(), Some("boom"));
+    let page = dash.get(&format!("/runs/{restarted}")).await;
+    assert!(
+        page.text.contains("from step <span class=\"mono\" id=\"replay-from\">boom</span>"),
+        "{}",
+        page.text
+    );
+    let reply = dash
+        .post_form(&format!("/runs/{failed}/replay"), &[("from_step", "nope")], &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+    assert!(reply.text.contains("nope"), "{}", reply.text);
+
+    // Bulk replay: the failer's three failed runs of the last hour (the restart failed too).
     let reply = dash
         .post_form(
             "/replays",
@@ -622,8 +654,8 @@ async fn send_cancel_replay_and_bulk_replay_from_the_forms() {
         )
         .await;
     reply.assert_page();
-    assert!(reply.text.contains("data-count=\"2\""), "{}", reply.text);
-    assert!(reply.text.contains("Replayed 2 Failed runs"));
+    assert!(reply.text.contains("data-count=\"3\""), "{}", reply.text);
+    assert!(reply.text.contains("Replayed 3 Failed runs"));
     // A window that ends before the runs started replays nothing.
     let reply = dash
         .post_form(
