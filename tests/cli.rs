@@ -1,23 +1,32 @@
 //! The `baton` CLI as a user runs it: the real binary against a real `baton dev` on 127.0.0.1
-//! (ephemeral port, temporary database): `send`, `runs`, `run --follow`, `cancel`, `replay`,
-//! `functions`, the keys from the environment, and exit codes.
+//! (ephemeral port, temporary database): `send`, `runs`, `run --follow`, `cancel`, `replay`
+//! (`--from STEP`), `functions`, `deploy-check`, the keys from the environment, and exit codes.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 struct DevServer {
     child: Child,
     url: String,
-    _dir: tempfile::TempDir,
+    db: PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl DevServer {
     fn start(env: &[(&str, &str)]) -> DevServer {
         let dir = tempfile::tempdir().unwrap();
+        let mut server = DevServer::start_on(&dir.path().join("baton.db"), env);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// A server on the database at `db` (kept by the caller).
+    fn start_on(db: &Path, env: &[(&str, &str)]) -> DevServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
         command
             .args(["dev", "--port", "0", "--durability", "normal", "--db"])
-            .arg(dir.path().join("baton.db"))
+            .arg(db)
             .env("RUST_LOG", "warn")
             .env_remove("BATON_EVENT_KEY")
             .env_remove("BATON_SIGNING_KEY")
@@ -39,7 +48,8 @@ impl DevServer {
         DevServer {
             child,
             url,
-            _dir: dir,
+            db: db.to_owned(),
+            _dir: None,
         }
     }
 
@@ -58,6 +68,19 @@ impl DevServer {
         }
         Run::from(command.output().expect("baton runs"))
     }
+}
+
+/// Runs `baton ARGS` (no server URL: a command on local files).
+fn baton_local(args: &[&str]) -> Run {
+    Run::from(
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(args)
+            .env_remove("BATON_DB")
+            .env_remove("BATON_TABLE")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("baton runs"),
+    )
 }
 
 impl Drop for DevServer {
@@ -512,4 +535,131 @@ fn bad_input_and_an_unreachable_server_fail_clearly() {
         "{}",
         down.stderr
     );
+}
+
+/// Changing code under live runs through the binaries: `baton deploy-check` on the dev
+/// server's database (compatible; then a run of a function this build no longer has, which
+/// it flags and the dev server, restarted, ends with `FunctionRemoved`), and `baton replay
+/// --from` restarting a run from its third step.
+#[test]
+fn deploy_check_restart_from_a_step_and_a_removed_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("baton.db");
+    let server = DevServer::start_on(&db, &[]);
+    let done = server
+        .baton(&["send", ORDER, "--data", r#"{"order_id":"ok","items":["a"]}"#], &[])
+        .ok()
+        .id_after("run", "process-order");
+    let sleeping = server
+        .baton(
+            &["send", ORDER, "--data", r#"{"order_id":"slow","items":["a"],"cool_down_s":3600}"#],
+            &[],
+        )
+        .ok()
+        .id_after("run", "process-order");
+    server.baton(&["run", &done, "--follow"], &[]).ok();
+
+    // Every unfinished run replays under this build: exit 0.
+    let db_arg = server.db.to_str().unwrap().to_owned();
+    let check = baton_local(&["deploy-check", "--db", &db_arg]).ok();
+    assert!(check.stdout.contains("compatible        1"), "{}", check.stdout);
+    assert!(check.stdout.contains("OK: every unfinished run replays"), "{}", check.stdout);
+    let json: serde_json::Value =
+        serde_json::from_str(&baton_local(&["deploy-check", "--db", &db_arg, "--json"]).ok().stdout)
+            .unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["checked"], 1, "{json}");
+
+    // Restart the completed run from its third step.
+    let restarted = server
+        .baton(&["replay", &done, "--from", "charge-card"], &[])
+        .ok();
+    assert!(
+        restarted
+            .stdout
+            .starts_with(&format!("restarted run {done} from step charge-card as run ")),
+        "{}",
+        restarted.stdout
+    );
+    let new_run = restarted.stdout.split_whitespace().last().unwrap().to_string();
+    server.baton(&["run", &new_run, "--follow"], &[]).ok();
+    let shown: serde_json::Value =
+        serde_json::from_str(&server.baton(&["run", &new_run, "--json"], &[]).ok().stdout).unwrap();
+    assert_eq!(shown["replay_of"], done.as_str(), "{shown}");
+    assert_eq!(shown["replay_from"], "charge-card", "{shown}");
+    // validate and reserve-stock were reused: their outputs are the first run's.
+    let first: serde_json::Value =
+        serde_json::from_str(&server.baton(&["run", &done, "--json"], &[]).ok().stdout).unwrap();
+    let output_of = |run: &serde_json::Value, step: &str| {
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == step)
+            .unwrap_or_else(|| panic!("no {step} in {run}"))["output"]
+            .clone()
+    };
+    assert_eq!(output_of(&shown, "reserve-stock"), output_of(&first, "reserve-stock"));
+    let bad = server.baton(&["replay", &done, "--from", "nope"], &[]).failed();
+    assert!(bad.stderr.contains("404") && bad.stderr.contains("nope"), "{}", bad.stderr);
+    drop(server);
+
+    // A run of a function this build does not have (as if an older build had started it).
+    let orphan = "01J0000000000000000000ORPH";
+    insert_orphan_run(&db, orphan);
+    let check = baton_local(&["deploy-check", "--db", &db_arg]).failed();
+    assert!(check.stdout.contains("function removed  1"), "{}", check.stdout);
+    assert!(check.stdout.contains(&format!("{orphan} retired-report")), "{}", check.stdout);
+    let json: serde_json::Value = serde_json::from_str(
+        &baton_local(&["deploy-check", "--db", &db_arg, "--json"]).failed().stdout,
+    )
+    .unwrap();
+    assert_eq!(json["function_removed"], 1, "{json}");
+    assert_eq!(json["runs"][0]["verdict"], "function_removed", "{json}");
+
+    // The dev server, started again on it, ends that run (its sweep at start) and nothing else.
+    let server = DevServer::start_on(&db, &[]);
+    let ended = server.baton(&["run", orphan, "--follow"], &[]).failed();
+    assert!(ended.stderr.contains("FunctionRemoved"), "{}\n{}", ended.stdout, ended.stderr);
+    let shown = server.baton(&["run", &sleeping, "--json"], &[]).ok();
+    assert!(shown.stdout.contains("\"Running\""), "{}", shown.stdout);
+    let missing = baton_local(&["deploy-check", "--db", "/nonexistent/baton.db"]).failed();
+    assert!(missing.stderr.contains("does not exist"), "{}", missing.stderr);
+}
+
+/// Writes a Running run of function `retired-report` into the store at `db`.
+fn insert_orphan_run(db: &Path, run_id: &str) {
+    use baton::Store as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store =
+            baton_sqlite::SqliteStore::open(db, baton_sqlite::Durability::Normal).unwrap();
+        let event = baton::model::EventRecord {
+            id: "01J0000000000000000000EVNT".into(),
+            name: "demo/report.requested".into(),
+            data: serde_json::json!({}),
+            ts: 1_700_000_000_000,
+            user: serde_json::json!({}),
+            v: None,
+            idempotency_id: None,
+        };
+        let run = baton::model::RunRecord {
+            run_id: run_id.into(),
+            function_id: "retired-report".into(),
+            event_id: event.id.clone(),
+            event,
+            status: baton::RunStatus::Running,
+            started_at: chrono::Utc::now(),
+            ended_at: None,
+            output: None,
+            error: None,
+            progress: None,
+            replay_of: None,
+            replay_from: None,
+        };
+        assert!(store.create_run(&run).await.unwrap());
+    });
 }
