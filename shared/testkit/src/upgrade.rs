@@ -304,6 +304,7 @@ where
     Fut: Future<Output = Arc<dyn Store>>,
 {
     runs_sleeping_under_v1_finish_under_a_patched_v2(fresh().await).await;
+    a_patch_is_retired_once_no_run_takes_its_old_branch(fresh().await).await;
     deploy_check_flags_exactly_the_runs_v2_would_break(fresh().await).await;
     removed_function_runs_end_and_their_cleanup_runs(fresh().await).await;
     restart_from_the_third_step_reruns_it_and_no_earlier_step(fresh().await).await;
@@ -355,6 +356,60 @@ pub async fn runs_sleeping_under_v1_finish_under_a_patched_v2(store: Arc<dyn Sto
     assert_eq!(bodies.count("publish"), 3);
     assert_eq!(bodies.count("notify"), 3);
     assert_eq!(bodies.count("review"), 2);
+}
+
+/// Retiring a patch: v3 drops the `patched` call and keeps the new branch. The check flags the
+/// run still on the old branch until it finishes; then v3 deploys, and a run that took the new
+/// branch finishes under it (its marker, no longer reached, is ignored).
+pub async fn a_patch_is_retired_once_no_run_takes_its_old_branch(store: Arc<dyn Store>) {
+    let bodies = Bodies::default();
+    let registry = |version| Registry::new().register(article(version, &bodies)).unwrap();
+    // v3: the review unconditional, as the breaking v2 has it.
+    let v3 = Article::V2Breaking;
+    let mut stack = Stack::new(store);
+    let engine = stack.engine(registry(Article::V1), hours(0));
+    let old = run_id_for(&stack.send(&engine, ARTICLE_EVENT, json!({})).await, ARTICLE);
+    stack.deploy(registry(Article::V1), hours(2)).await;
+    // v2 replays the old run past the patch (old branch, journaled) and starts a new one.
+    let engine = stack.deploy(registry(Article::V2Patched), hours(3)).await;
+    let new = run_id_for(&stack.send(&engine, ARTICLE_EVENT, json!({})).await, ARTICLE);
+    stack.deploy(registry(Article::V2Patched), hours(5)).await;
+    assert_eq!(bodies.count("review"), 1, "the new run reviewed");
+
+    let check = |stack: &Stack, version, at| {
+        let engine = stack.engine(registry(version), hours(at));
+        async move { engine.deploy_check().await.unwrap() }
+    };
+    let under_v2 = check(&stack, Article::V2Patched, 5).await;
+    assert!(!under_v2.breaks(), "{under_v2:#?}");
+    let on_old: Vec<&str> = under_v2
+        .runs
+        .iter()
+        .filter(|r| !r.old_branches.is_empty())
+        .map(|r| r.run_id.as_str())
+        .collect();
+    assert_eq!(on_old, [old.as_str()], "{under_v2:#?}");
+    let under_v3 = check(&stack, v3, 5).await;
+    let breaking: Vec<&str> = under_v3
+        .runs
+        .iter()
+        .filter(|r| r.breaks())
+        .map(|r| r.run_id.as_str())
+        .collect();
+    assert_eq!(breaking, [old.as_str()], "{under_v3:#?}");
+
+    // The old run finishes under v2 (its follow-up ends at 26 h); then v3 is safe.
+    stack.deploy(registry(Article::V2Patched), hours(27)).await;
+    assert_eq!(stack.run(&old).await.status, RunStatus::Completed);
+    let under_v3 = check(&stack, v3, 27).await;
+    assert_eq!(under_v3.runs.len(), 1, "{under_v3:#?}");
+    assert!(!under_v3.breaks(), "{under_v3:#?}");
+    stack.deploy(registry(v3), hours(30)).await;
+    let run = stack.run(&new).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.output.as_ref().unwrap()["reviewed"], json!(true));
+    assert_eq!(bodies.count("review"), 1, "v3 did not review the new run again");
+    assert_eq!(bodies.count("publish"), 2);
 }
 
 /// The check sorts v1's runs under three v2s: breaking (only the runs past the new step),
