@@ -547,12 +547,25 @@ fn deploy_check_restart_from_a_step_and_a_removed_function() {
     let db = dir.path().join("baton.db");
     let server = DevServer::start_on(&db, &[]);
     let done = server
-        .baton(&["send", ORDER, "--data", r#"{"order_id":"ok","items":["a"]}"#], &[])
+        .baton(
+            &[
+                "send",
+                ORDER,
+                "--data",
+                r#"{"order_id":"ok","items":["a"]}"#,
+            ],
+            &[],
+        )
         .ok()
         .id_after("run", "process-order");
     let sleeping = server
         .baton(
-            &["send", ORDER, "--data", r#"{"order_id":"slow","items":["a"],"cool_down_s":3600}"#],
+            &[
+                "send",
+                ORDER,
+                "--data",
+                r#"{"order_id":"slow","items":["a"],"cool_down_s":3600}"#,
+            ],
             &[],
         )
         .ok()
@@ -562,11 +575,22 @@ fn deploy_check_restart_from_a_step_and_a_removed_function() {
     // Every unfinished run replays under this build: exit 0.
     let db_arg = server.db.to_str().unwrap().to_owned();
     let check = baton_local(&["deploy-check", "--db", &db_arg]).ok();
-    assert!(check.stdout.contains("compatible        1"), "{}", check.stdout);
-    assert!(check.stdout.contains("OK: every unfinished run replays"), "{}", check.stdout);
-    let json: serde_json::Value =
-        serde_json::from_str(&baton_local(&["deploy-check", "--db", &db_arg, "--json"]).ok().stdout)
-            .unwrap();
+    assert!(
+        check.stdout.contains("compatible        1"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("OK: every unfinished run replays"),
+        "{}",
+        check.stdout
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &baton_local(&["deploy-check", "--db", &db_arg, "--json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(json["ok"], true, "{json}");
     assert_eq!(json["checked"], 1, "{json}");
 
@@ -575,13 +599,18 @@ fn deploy_check_restart_from_a_step_and_a_removed_function() {
         .baton(&["replay", &done, "--from", "charge-card"], &[])
         .ok();
     assert!(
-        restarted
-            .stdout
-            .starts_with(&format!("restarted run {done} from step charge-card as run ")),
+        restarted.stdout.starts_with(&format!(
+            "restarted run {done} from step charge-card as run "
+        )),
         "{}",
         restarted.stdout
     );
-    let new_run = restarted.stdout.split_whitespace().last().unwrap().to_string();
+    let new_run = restarted
+        .stdout
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
     server.baton(&["run", &new_run, "--follow"], &[]).ok();
     let shown: serde_json::Value =
         serde_json::from_str(&server.baton(&["run", &new_run, "--json"], &[]).ok().stdout).unwrap();
@@ -599,19 +628,38 @@ fn deploy_check_restart_from_a_step_and_a_removed_function() {
             .unwrap_or_else(|| panic!("no {step} in {run}"))["output"]
             .clone()
     };
-    assert_eq!(output_of(&shown, "reserve-stock"), output_of(&first, "reserve-stock"));
-    let bad = server.baton(&["replay", &done, "--from", "nope"], &[]).failed();
-    assert!(bad.stderr.contains("404") && bad.stderr.contains("nope"), "{}", bad.stderr);
+    assert_eq!(
+        output_of(&shown, "reserve-stock"),
+        output_of(&first, "reserve-stock")
+    );
+    let bad = server
+        .baton(&["replay", &done, "--from", "nope"], &[])
+        .failed();
+    assert!(
+        bad.stderr.contains("404") && bad.stderr.contains("nope"),
+        "{}",
+        bad.stderr
+    );
     drop(server);
 
     // A run of a function this build does not have (as if an older build had started it).
     let orphan = "01J0000000000000000000ORPH";
     insert_orphan_run(&db, orphan);
     let check = baton_local(&["deploy-check", "--db", &db_arg]).failed();
-    assert!(check.stdout.contains("function removed  1"), "{}", check.stdout);
-    assert!(check.stdout.contains(&format!("{orphan} retired-report")), "{}", check.stdout);
+    assert!(
+        check.stdout.contains("function removed  1"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains(&format!("{orphan} retired-report")),
+        "{}",
+        check.stdout
+    );
     let json: serde_json::Value = serde_json::from_str(
-        &baton_local(&["deploy-check", "--db", &db_arg, "--json"]).failed().stdout,
+        &baton_local(&["deploy-check", "--db", &db_arg, "--json"])
+            .failed()
+            .stdout,
     )
     .unwrap();
     assert_eq!(json["function_removed"], 1, "{json}");
@@ -620,11 +668,20 @@ fn deploy_check_restart_from_a_step_and_a_removed_function() {
     // The dev server, started again on it, ends that run (its sweep at start) and nothing else.
     let server = DevServer::start_on(&db, &[]);
     let ended = server.baton(&["run", orphan, "--follow"], &[]).failed();
-    assert!(ended.stderr.contains("FunctionRemoved"), "{}\n{}", ended.stdout, ended.stderr);
+    assert!(
+        ended.stderr.contains("FunctionRemoved"),
+        "{}\n{}",
+        ended.stdout,
+        ended.stderr
+    );
     let shown = server.baton(&["run", &sleeping, "--json"], &[]).ok();
     assert!(shown.stdout.contains("\"Running\""), "{}", shown.stdout);
     let missing = baton_local(&["deploy-check", "--db", "/nonexistent/baton.db"]).failed();
-    assert!(missing.stderr.contains("does not exist"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("does not exist"),
+        "{}",
+        missing.stderr
+    );
 }
 
 /// Writes a Running run of function `retired-report` into the store at `db`.
@@ -635,8 +692,7 @@ fn insert_orphan_run(db: &Path, run_id: &str) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let store =
-            baton_sqlite::SqliteStore::open(db, baton_sqlite::Durability::Normal).unwrap();
+        let store = baton_sqlite::SqliteStore::open(db, baton_sqlite::Durability::Normal).unwrap();
         let event = baton::model::EventRecord {
             id: "01J0000000000000000000EVNT".into(),
             name: "demo/report.requested".into(),

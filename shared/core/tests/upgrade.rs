@@ -18,9 +18,10 @@ async fn upgrades_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let n = std::sync::atomic::AtomicU32::new(0);
     upgrade::run_all(|| {
-        let path = dir
-            .path()
-            .join(format!("{}.db", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let path = dir.path().join(format!(
+            "{}.db",
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         async move {
             Arc::new(SqliteStore::open(path, baton_sqlite::Durability::Normal).unwrap())
                 as Arc<dyn Store>
@@ -105,9 +106,7 @@ async fn a_patch_in_parallel_branches_is_decided_per_branch() {
 async fn an_invalid_patch_id_fails_the_run_with_a_clear_error() {
     let f = Function::new("bad-patch")
         .trigger("test/bad-patch")
-        .handler(|ctx: Ctx, _event: Event<Value>| async move {
-            Ok(ctx.patched("not ok!").await)
-        });
+        .handler(|ctx: Ctx, _event: Event<Value>| async move { Ok(ctx.patched("not ok!").await) });
     let mut stack = Stack::new(Arc::new(MemoryStore::new()));
     let engine = stack.engine(Registry::new().register(f).unwrap(), Duration::ZERO);
     let run_id = run_id_for(

@@ -946,7 +946,10 @@ async fn replay_a_run() {
 
     // Restart from a step: the new run says where it came from.
     let (status, reply) = api
-        .post(&format!("/v1/runs/{old}/replay"), json!({"from_step": "hello"}))
+        .post(
+            &format!("/v1/runs/{old}/replay"),
+            json!({"from_step": "hello"}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{reply}");
     let restarted = reply["data"]["run_id"].as_str().unwrap().to_string();
@@ -956,16 +959,32 @@ async fn replay_a_run() {
     assert_eq!(run["replay_from"], "hello");
     // Bad input: a 4xx that says what is wrong, never a new run.
     for (body, code, says) in [
-        (json!({"from_step": 3}), StatusCode::BAD_REQUEST, "from_step"),
-        (json!({"from_step": ""}), StatusCode::BAD_REQUEST, "from_step"),
-        (json!({"from": "hello"}), StatusCode::BAD_REQUEST, "unknown field"),
+        (
+            json!({"from_step": 3}),
+            StatusCode::BAD_REQUEST,
+            "from_step",
+        ),
+        (
+            json!({"from_step": ""}),
+            StatusCode::BAD_REQUEST,
+            "from_step",
+        ),
+        (
+            json!({"from": "hello"}),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
         (json!({"from_step": "nope"}), StatusCode::NOT_FOUND, "nope"),
         (json!([1]), StatusCode::BAD_REQUEST, "JSON object"),
     ] {
         let (status, reply) = api.post(&format!("/v1/runs/{old}/replay"), body).await;
         assert_error(status, &reply, code, says);
     }
-    assert_eq!(api.runs_of(&ids[0]).await.len(), 3, "only the two replays started runs");
+    assert_eq!(
+        api.runs_of(&ids[0]).await.len(),
+        3,
+        "only the two replays started runs"
+    );
 }
 
 #[tokio::test]

@@ -611,13 +611,18 @@ async fn send_cancel_replay_and_bulk_replay_from_the_forms() {
     // "Replay from here" on a step of the timeline: a restart from that step.
     let page = dash.get(&format!("/runs/{failed}")).await;
     assert!(
-        page.text.contains("<input type=\"hidden\" name=\"from_step\" value=\"boom\">"),
+        page.text
+            .contains("<input type=\"hidden\" name=\"from_step\" value=\"boom\">"),
         "{}",
         page.text
     );
     assert!(page.text.contains("Replay from here"));
     let reply = dash
-        .post_form(&format!("/runs/{failed}/replay"), &[("from_step", "boom")], &[])
+        .post_form(
+            &format!("/runs/{failed}/replay"),
+            &[("from_step", "boom")],
+            &[],
+        )
         .await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text);
     let restarted = reply.location()["/runs/".len()..]
@@ -630,12 +635,17 @@ async fn send_cancel_replay_and_bulk_replay_from_the_forms() {
     assert_eq!(run.replay_from.as_deref(), Some("boom"));
     let page = dash.get(&format!("/runs/{restarted}")).await;
     assert!(
-        page.text.contains("from step <span class=\"mono\" id=\"replay-from\">boom</span>"),
+        page.text
+            .contains("from step <span class=\"mono\" id=\"replay-from\">boom</span>"),
         "{}",
         page.text
     );
     let reply = dash
-        .post_form(&format!("/runs/{failed}/replay"), &[("from_step", "nope")], &[])
+        .post_form(
+            &format!("/runs/{failed}/replay"),
+            &[("from_step", "nope")],
+            &[],
+        )
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
     assert!(reply.text.contains("nope"), "{}", reply.text);

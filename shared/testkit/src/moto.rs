@@ -90,7 +90,9 @@ pub async fn fresh_store() -> DynamoStore {
     let id = ulid::Ulid::new().to_string().to_lowercase();
     let store = DynamoStore::new(client, format!("baton-test-{id}"));
     store.create_table().await.unwrap_or_else(|e| {
-        panic!("create table: {e}; is a moto server running at {endpoint}? `scripts/moto` starts one")
+        panic!(
+            "create table: {e}; is a moto server running at {endpoint}? `scripts/moto` starts one"
+        )
     });
     store
 }

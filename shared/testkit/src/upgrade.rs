@@ -314,7 +314,11 @@ where
 /// all finish under v2; the ones past the point keep the old branch.
 pub async fn runs_sleeping_under_v1_finish_under_a_patched_v2(store: Arc<dyn Store>) {
     let bodies = Bodies::default();
-    let v1 = || Registry::new().register(article(Article::V1, &bodies)).unwrap();
+    let v1 = || {
+        Registry::new()
+            .register(article(Article::V1, &bodies))
+            .unwrap()
+    };
     let v2 = || {
         Registry::new()
             .register(article(Article::V2Patched, &bodies))
@@ -329,7 +333,11 @@ pub async fn runs_sleeping_under_v1_finish_under_a_patched_v2(store: Arc<dyn Sto
     let before = stack.send(&engine, ARTICLE_EVENT, json!({})).await;
     let (past, before) = (run_id_for(&past, ARTICLE), run_id_for(&before, ARTICLE));
     assert_eq!(stack.run(&past).await.status, RunStatus::Running);
-    assert_eq!(bodies.count("publish"), 1, "only the first run has published");
+    assert_eq!(
+        bodies.count("publish"),
+        1,
+        "only the first run has published"
+    );
 
     // The patched v2, past both sleeps; then a run that starts under it.
     let engine = stack.deploy(v2(), hours(30)).await;
@@ -342,7 +350,11 @@ pub async fn runs_sleeping_under_v1_finish_under_a_patched_v2(store: Arc<dyn Sto
     for (run_id, reviewed) in [(&past, false), (&before, true), (&fresh, true)] {
         let run = stack.run(run_id).await;
         assert_eq!(run.status, RunStatus::Completed, "{run:?}");
-        assert_eq!(run.output.as_ref().unwrap()["reviewed"], json!(reviewed), "{run:?}");
+        assert_eq!(
+            run.output.as_ref().unwrap()["reviewed"],
+            json!(reviewed),
+            "{run:?}"
+        );
         let marker = stack
             .journal(run_id)
             .await
@@ -368,11 +380,17 @@ pub async fn a_patch_is_retired_once_no_run_takes_its_old_branch(store: Arc<dyn 
     let v3 = Article::V2Breaking;
     let mut stack = Stack::new(store);
     let engine = stack.engine(registry(Article::V1), hours(0));
-    let old = run_id_for(&stack.send(&engine, ARTICLE_EVENT, json!({})).await, ARTICLE);
+    let old = run_id_for(
+        &stack.send(&engine, ARTICLE_EVENT, json!({})).await,
+        ARTICLE,
+    );
     stack.deploy(registry(Article::V1), hours(2)).await;
     // v2 replays the old run past the patch (old branch, journaled) and starts a new one.
     let engine = stack.deploy(registry(Article::V2Patched), hours(3)).await;
-    let new = run_id_for(&stack.send(&engine, ARTICLE_EVENT, json!({})).await, ARTICLE);
+    let new = run_id_for(
+        &stack.send(&engine, ARTICLE_EVENT, json!({})).await,
+        ARTICLE,
+    );
     stack.deploy(registry(Article::V2Patched), hours(5)).await;
     assert_eq!(bodies.count("review"), 1, "the new run reviewed");
 
@@ -408,7 +426,11 @@ pub async fn a_patch_is_retired_once_no_run_takes_its_old_branch(store: Arc<dyn 
     let run = stack.run(&new).await;
     assert_eq!(run.status, RunStatus::Completed, "{run:?}");
     assert_eq!(run.output.as_ref().unwrap()["reviewed"], json!(true));
-    assert_eq!(bodies.count("review"), 1, "v3 did not review the new run again");
+    assert_eq!(
+        bodies.count("review"),
+        1,
+        "v3 did not review the new run again"
+    );
     assert_eq!(bodies.count("publish"), 2);
 }
 
@@ -428,12 +450,18 @@ pub async fn deploy_check_flags_exactly_the_runs_v2_would_break(store: Arc<dyn S
     let engine = stack.engine(registry(Article::V1), hours(0));
     let mut past = Vec::new();
     for _ in 0..2 {
-        past.push(run_id_for(&stack.send(&engine, ARTICLE_EVENT, json!({})).await, ARTICLE));
+        past.push(run_id_for(
+            &stack.send(&engine, ARTICLE_EVENT, json!({})).await,
+            ARTICLE,
+        ));
     }
     let engine = stack.deploy(registry(Article::V1), hours(2)).await;
     let mut before = Vec::new();
     for _ in 0..3 {
-        before.push(run_id_for(&stack.send(&engine, ARTICLE_EVENT, json!({})).await, ARTICLE));
+        before.push(run_id_for(
+            &stack.send(&engine, ARTICLE_EVENT, json!({})).await,
+            ARTICLE,
+        ));
     }
     let mut ids: Vec<&String> = past.iter().chain(&before).collect();
     ids.sort();
@@ -444,7 +472,12 @@ pub async fn deploy_check_flags_exactly_the_runs_v2_would_break(store: Arc<dyn S
 
     let check = |version| {
         let engine = stack.engine(registry(version), hours(3));
-        async move { engine.deploy_check().await.expect("the check reads the store") }
+        async move {
+            engine
+                .deploy_check()
+                .await
+                .expect("the check reads the store")
+        }
     };
     let breaking = check(Article::V2Breaking).await;
     assert_eq!(breaking.runs.len(), 5, "{breaking:#?}");
@@ -560,7 +593,11 @@ pub async fn removed_function_runs_end_and_their_cleanup_runs(store: Arc<dyn Sto
     for run_id in [&first, &second] {
         let run = stack.run(run_id).await;
         assert_eq!(run.status, RunStatus::Failed, "{run:?}");
-        assert_eq!(run.error.as_ref().unwrap().name, "FunctionRemoved", "{run:?}");
+        assert_eq!(
+            run.error.as_ref().unwrap().name,
+            "FunctionRemoved",
+            "{run:?}"
+        );
     }
     assert_eq!(bodies.count("two"), 0);
     assert_eq!(bodies.count("clean-up"), 2, "the clean-up ran once per run");
@@ -610,8 +647,14 @@ pub async fn restart_from_the_third_step_reruns_it_and_no_earlier_step(store: Ar
         Err(EngineError::NotFound(message)) => assert!(message.contains("s9"), "{message}"),
         other => panic!("{other:?}"),
     }
-    let a = engine.replay_from(&failed, "s2", Some("k-1")).await.unwrap();
-    let b = engine.replay_from(&failed, "s2", Some("k-1")).await.unwrap();
+    let a = engine
+        .replay_from(&failed, "s2", Some("k-1"))
+        .await
+        .unwrap();
+    let b = engine
+        .replay_from(&failed, "s2", Some("k-1"))
+        .await
+        .unwrap();
     assert_eq!(a, b, "a retried request starts one run");
     stack.drain(&engine).await;
     let run = stack.run(&a).await;

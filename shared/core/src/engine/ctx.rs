@@ -181,6 +181,7 @@ pub(crate) struct PassResult {
 }
 
 impl Ctx {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         engine: Engine,
         run: RunRecord,
@@ -559,7 +560,10 @@ impl Ctx {
         timeout: Duration,
     ) -> Result<Option<Value>, Error> {
         let (step_id, existing) = self.enter(name, StepKind::Wait).await?;
-        if let Some(done) = existing.as_ref().and_then(|r| self.replayed::<Option<Value>>(r)) {
+        if let Some(done) = existing
+            .as_ref()
+            .and_then(|r| self.replayed::<Option<Value>>(r))
+        {
             return done;
         }
         if value.is_null() {
@@ -688,7 +692,10 @@ impl Ctx {
         internal: bool,
     ) -> Result<Vec<String>, Error> {
         let (step_id, existing) = self.enter(name, StepKind::SendEvent).await?;
-        if let Some(done) = existing.as_ref().and_then(|r| self.replayed::<Vec<String>>(r)) {
+        if let Some(done) = existing
+            .as_ref()
+            .and_then(|r| self.replayed::<Vec<String>>(r))
+        {
             return done;
         }
         if self.inner.dry {
@@ -797,7 +804,10 @@ impl Ctx {
                 Ok(journal) => {
                     let mut state = self.state();
                     for record in journal {
-                        state.journal.entry(record.step_id.clone()).or_insert(record);
+                        state
+                            .journal
+                            .entry(record.step_id.clone())
+                            .or_insert(record);
                     }
                     state.complete = true;
                 }
@@ -831,7 +841,13 @@ impl Ctx {
                 taken
             }
             // Another handler recorded it first: its answer holds.
-            Ok(false) => match self.inner.engine.store().get_step(self.run_id(), &step_id).await {
+            Ok(false) => match self
+                .inner
+                .engine
+                .store()
+                .get_step(self.run_id(), &step_id)
+                .await
+            {
                 Err(e) => {
                     drop(_active);
                     self.interrupt(e.into()).await

@@ -27,9 +27,7 @@ pub use config::{Backoff, Clock, EngineConfig, Limits, later};
 pub use ctx::{Ctx, StepCtx};
 use ctx::{PassEnd, PassResult, Pending, Target};
 pub use flow::SLOT_RECHECK;
-pub use upgrade::{
-    DEPLOY_CHECK_CONCURRENCY, DeployCheck, Incompatibility, RunCheck, Verdict,
-};
+pub use upgrade::{DEPLOY_CHECK_CONCURRENCY, DeployCheck, Incompatibility, RunCheck, Verdict};
 pub use wait::WAIT_LOOKBACK;
 
 use crate::error::{EngineError, StepError};

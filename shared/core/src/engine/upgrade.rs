@@ -149,10 +149,8 @@ impl Engine {
             .handler
             .clone()
             .expect("registered functions have a handler");
-        let seqs: std::collections::HashMap<String, u32> = journal
-            .iter()
-            .map(|s| (s.step_id.clone(), s.seq))
-            .collect();
+        let seqs: std::collections::HashMap<String, u32> =
+            journal.iter().map(|s| (s.step_id.clone(), s.seq)).collect();
         let ctx = Ctx::dry(
             self.clone(),
             run.clone(),
