@@ -138,6 +138,11 @@ fn registry(probe: &Probe) -> Registry {
                     })
                     .await?;
                 ctx.progress(50, "halfway");
+                // A patch marker (journaled, its answer fixed): every run starts under this
+                // code, so every run must get true, however its handlers crash and race.
+                if !ctx.patched("nap").await {
+                    return Err(baton::Error::msg("patch marker answered false for a new run"));
+                }
                 ctx.sleep("nap", PIPELINE_SLEEP).await?;
                 let ps = p.clone();
                 ctx.step(Step::new("square"), |s| async move {
@@ -742,7 +747,18 @@ async fn check_runs(
                     },
                 );
                 let steps = steps_of(&run_id);
-                let ids: Vec<&str> = steps.iter().map(|s| s.0.as_str()).collect();
+                let marker = journals
+                    .get(&run_id)
+                    .and_then(|j| j.iter().find(|s| s.step_id == "@nap"))
+                    .map(|s| s.output.clone());
+                if marker != Some(Some(json!(true))) {
+                    problems.push(format!("pipeline patch marker: {marker:?}"));
+                }
+                let ids: Vec<&str> = steps
+                    .iter()
+                    .map(|s| s.0.as_str())
+                    .filter(|id| *id != "@nap")
+                    .collect();
                 if ids != ["double", "inc", "nap", "square"]
                     || steps.iter().any(|s| s.1 != StepStatus::Completed)
                 {

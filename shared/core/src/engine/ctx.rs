@@ -828,8 +828,9 @@ impl Ctx {
             return taken;
         }
         let _active = self.activate();
-        // A later entry is never final before an earlier one: the target's result goes first.
-        self.record_finished().await;
+        // Written before the target's result when the pass has one (unlike a journaled send):
+        // the answer does not depend on that result, and a replay that finds the marker
+        // without the result re-runs the step and reads the same answer.
         match self.inner.engine.store().record_step(&marker, &[]).await {
             Err(e) => {
                 drop(_active);
