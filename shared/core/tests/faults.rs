@@ -141,7 +141,9 @@ fn registry(probe: &Probe) -> Registry {
                 // A patch marker (journaled, its answer fixed): every run starts under this
                 // code, so every run must get true, however its handlers crash and race.
                 if !ctx.patched("nap").await {
-                    return Err(baton::Error::msg("patch marker answered false for a new run"));
+                    return Err(baton::Error::msg(
+                        "patch marker answered false for a new run",
+                    ));
                 }
                 ctx.sleep("nap", PIPELINE_SLEEP).await?;
                 let ps = p.clone();
