@@ -113,13 +113,18 @@ pub fn report_json(report: &DeployCheck) -> serde_json::Value {
     })
 }
 
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 pub fn summary(report: &DeployCheck, source: &str, functions: usize, secs: f64) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "deploy-check: {} unfinished runs in {source}, replayed against {functions} functions in {secs:.2} s",
-        report.runs.len(),
+        "deploy-check: {} in {source}, replayed against {} in {secs:.2} s",
+        count(report.runs.len(), "unfinished run"),
+        count(functions, "function"),
     );
     let _ = writeln!(out, "  compatible        {}", report.compatible());
     let _ = writeln!(out, "  would fail        {}", report.would_fail());
@@ -180,7 +185,7 @@ pub fn summary(report: &DeployCheck, source: &str, functions: usize, secs: f64) 
             "\nPatches still needed (runs on the old branch; retire a patch once it is not listed):"
         );
         for (patch, runs) in patches {
-            let _ = writeln!(out, "  {patch}: {runs} runs");
+            let _ = writeln!(out, "  {patch}: {}", count(runs, "run"));
         }
     }
     if report.breaks() {

@@ -183,9 +183,17 @@ impl Engine {
             .iter()
             .min_by_key(|id| seqs.get(*id).copied().unwrap_or(u32::MAX))
         {
-            let how = match pass.end {
-                PassEnd::Finished(_) => "the function returns before it",
-                PassEnd::Blocked => "the replay stops at another step first",
+            let new_step = pass
+                .pending
+                .iter()
+                .find(|p| p.is_new)
+                .map(|p| p.record.step_id.clone());
+            let how = match (&pass.end, new_step) {
+                (PassEnd::Finished(_), _) => "the function returns before it".to_string(),
+                (PassEnd::Blocked, Some(step)) => {
+                    format!("it goes to a step the journal does not have, {step:?}, first")
+                }
+                (PassEnd::Blocked, None) => "the replay stops at another step first".to_string(),
             };
             Verdict::WouldFail {
                 step_id: Some(first.clone()),
