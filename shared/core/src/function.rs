@@ -632,6 +632,25 @@ impl Function {
         self
     }
 
+    /// Makes this function the failure handler of `function_id`: it runs on each
+    /// [`FUNCTION_FAILED`] event of that function (its handler takes `Event<FailureData>`).
+    /// What [`Function::on_failure`] declares, as a function of its own: for a function that is
+    /// removed while runs of it are live, keep its failure handler as
+    /// `Function::new("{id}-failure").handles_failures_of("{id}")` (the same id, so the same
+    /// Lambda and queue): the runs the removal ends (`FunctionRemoved`) reach it.
+    pub fn handles_failures_of(mut self, function_id: impl Into<String>) -> Self {
+        let function_id = function_id.into();
+        self.triggers.push(Trigger {
+            event: FUNCTION_FAILED.into(),
+            filter: Some((
+                "data.function_id".into(),
+                Value::String(function_id.clone()),
+            )),
+        });
+        self.failure_of = Some(function_id);
+        self
+    }
+
     /// Declares a step. Only declared names may be used with `ctx.step`.
     /// Starts the function on a schedule: a POSIX cron pattern in UTC (`"*/15 * * * *"`,
     /// `"0 6 * * MON-FRI"`, `@hourly`; a sixth leading field for seconds). Each tick is the

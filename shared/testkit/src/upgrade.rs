@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use baton::engine::{Verdict, run_id_for};
 use baton::error::EngineError;
-use baton::function::FUNCTION_FAILED;
 use baton::model::{Message, MessageKind, RunRecord, RunStatus, StepRecord};
 use baton::queue::local::{LocalQueue, LocalReceiver};
 use baton::{
-    Ctx, Engine, EngineConfig, Error, Event, Function, NewEvent, Registry, Step, StepError, Store,
+    Ctx, Engine, EngineConfig, Error, Event, FailureData, Function, NewEvent, Registry, Step,
+    StepError, Store,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -143,10 +143,23 @@ pub fn article(version: Article, bodies: &Bodies) -> Function {
         })
 }
 
-/// A function v2 removes: one step, a 1 h sleep, another step.
+/// A function v2 removes: one step, a 1 h sleep, another step; its failure handler
+/// (`legacy-failure`) is what v2 keeps ([`legacy_cleanup`]).
 pub fn legacy(bodies: &Bodies) -> Function {
+    let failures = bodies.clone();
     let bodies = bodies.clone();
     Function::new(LEGACY)
+        .failure_step(Step::new("clean-up"))
+        .on_failure(move |ctx: Ctx, _event: Event<FailureData>| {
+            let bodies = failures.clone();
+            async move {
+                ctx.step(Step::new("clean-up"), async |_| {
+                    bodies.ran("clean-up");
+                    Ok(())
+                })
+                .await
+            }
+        })
         .trigger(LEGACY_EVENT)
         .steps(&[Step::new("one"), Step::new("two")])
         .handler(move |ctx: Ctx, _event: Event<Value>| {
@@ -162,14 +175,14 @@ pub fn legacy(bodies: &Bodies) -> Function {
         })
 }
 
-/// What v2 keeps of [`LEGACY`]: the clean-up its failure handler did, as a function on the
-/// failures of that id (a removed function's own `on_failure` goes with it).
+/// What v2 keeps of [`LEGACY`]: its failure handler, as a function of its own with the id
+/// [`Function::on_failure`] gave it (a removed function's `on_failure` goes with it).
 pub fn legacy_cleanup(bodies: &Bodies) -> Function {
     let bodies = bodies.clone();
-    Function::new("legacy-cleanup")
-        .trigger_if(FUNCTION_FAILED, "data.function_id", json!(LEGACY))
+    Function::new("legacy-failure")
+        .handles_failures_of(LEGACY)
         .step(Step::new("clean-up"))
-        .handler(move |ctx: Ctx, event: Event<Value>| {
+        .handler(move |ctx: Ctx, event: Event<FailureData>| {
             let bodies = bodies.clone();
             async move {
                 ctx.step(Step::new("clean-up"), async |_| {
@@ -178,8 +191,8 @@ pub fn legacy_cleanup(bodies: &Bodies) -> Function {
                 })
                 .await?;
                 Ok(json!({
-                    "run_id": event.data["run_id"],
-                    "error": event.data["error"]["name"],
+                    "run_id": event.data.run_id,
+                    "error": event.data.error.name,
                 }))
             }
         })
