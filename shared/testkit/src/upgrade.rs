@@ -589,6 +589,14 @@ pub async fn removed_function_runs_end_and_their_cleanup_runs(store: Arc<dyn Sto
             .register(chain(&bodies))
             .unwrap()
     };
+    // A sweeper that does not know the function leaves its runs alone while they move (as
+    // one still on old code does during a rolling deploy that adds the function).
+    let rolling = stack.engine(v2(), Duration::from_secs(60));
+    assert_eq!(
+        rolling.sweep(Some(Duration::from_secs(900))).await.unwrap(),
+        0
+    );
+    assert_eq!(stack.run(&first).await.status, RunStatus::Running);
     // A message for the first run reaches v2's handler (its wake-up, say).
     let engine = stack.engine(v2(), hours(2));
     let wake = Message {

@@ -388,7 +388,8 @@ impl Engine {
     // ---- the sweeper ----
 
     /// Re-drives runs that have not ended and made no progress for `stale_after` (None: every
-    /// run that has not ended, as after a restart that lost the in-process queue). A re-drive
+    /// run that has not ended, as after a restart that lost the in-process queue). Such a run
+    /// of a function the registry no longer has ends with `FunctionRemoved` instead. A re-drive
     /// replays the run and re-sends the message of every step it is blocked on; duplicates
     /// are harmless. Reads one page of runs at a time. Returns how many runs were re-driven.
     pub async fn sweep(&self, stale_after: Option<Duration>) -> Result<usize, EngineError> {
@@ -414,12 +415,6 @@ impl Engine {
                 }
                 let mut batch = Vec::new();
                 for run in &page.runs {
-                    if self.registry().get(&run.function_id).is_none() {
-                        // Its queues went with it: no message would ever reach it again.
-                        self.end_removed(&run.run_id).await?;
-                        count += 1;
-                        continue;
-                    }
                     if let Some(stale_after) = stale_after {
                         let journal = self.store().journal(&run.run_id).await?;
                         let last = journal
@@ -440,6 +435,14 @@ impl Engine {
                         {
                             continue;
                         }
+                    }
+                    if self.registry().get(&run.function_id).is_none() {
+                        // Its queues went with it: no message would ever reach it again. Only
+                        // once stale: during a rolling deploy, a sweeper still on the old code
+                        // sees the new code's new functions as unknown, and their runs move.
+                        self.end_removed(&run.run_id).await?;
+                        count += 1;
+                        continue;
                     }
                     let message = Message {
                         kind: MessageKind::Redrive,
