@@ -157,3 +157,51 @@ async fn an_output_the_new_type_cannot_read_fails_the_run_even_if_the_code_ignor
     assert_eq!(run.status, RunStatus::Failed, "{run:?}");
     assert_eq!(run.error.unwrap().name, "OutputTypeMismatch");
 }
+
+/// v2 drops a step's declaration that live runs have journaled, or adds a wait it does not
+/// declare before where they are: the check says `undeclared`, at that step. (Code past where
+/// a run is is not checked: it runs as for a new run.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_check_names_undeclared_steps_and_waits() {
+    use baton::Wait;
+    use baton::engine::{Incompatibility, Verdict};
+    const APPROVED: Wait<Value> = Wait::new("approval", "test/approved").on("data.id");
+    let version = |v2: u8| {
+        let f = Function::new("undeclared").trigger("test/undeclared");
+        let f = if v2 == 1 { f } else { f.step(A) };
+        f.handler(move |ctx: Ctx, _event: Event<Value>| async move {
+            ctx.step(A, async |_| Ok(1)).await?;
+            if v2 == 2 {
+                ctx.wait_for_event(APPROVED, "x").await?;
+            }
+            ctx.sleep("nap", Duration::from_secs(3600)).await?;
+            Ok(())
+        })
+    };
+    let mut stack = Stack::new(Arc::new(MemoryStore::new()));
+    let engine = stack.engine(
+        Registry::new().register(version(0)).unwrap(),
+        Duration::ZERO,
+    );
+    stack.send(&engine, "test/undeclared", json!({})).await;
+    for (v2, at) in [(1, "a"), (2, "approval")] {
+        let check = stack
+            .engine(
+                Registry::new().register(version(v2)).unwrap(),
+                Duration::from_secs(7200),
+            )
+            .deploy_check()
+            .await
+            .unwrap();
+        assert_eq!(check.runs.len(), 1);
+        match &check.runs[0].verdict {
+            Verdict::WouldFail {
+                step_id, reason, ..
+            } => {
+                assert_eq!(*reason, Incompatibility::Undeclared, "{check:#?}");
+                assert_eq!(step_id.as_deref(), Some(at), "{check:#?}");
+            }
+            other => panic!("v2 #{v2}: {other:?}"),
+        }
+    }
+}
