@@ -87,10 +87,8 @@ async fn read_all(store: &Arc<dyn Store>) -> usize {
                 .unwrap();
             read += futures::stream::iter(page.runs)
                 .map(|r| async move {
-                    let (run, journal) =
-                        futures::try_join!(store.get_run(&r.run_id), store.journal(&r.run_id))
-                            .unwrap();
-                    usize::from(run.is_some() && !journal.is_empty())
+                    let read = store.run_with_journal(&r.run_id).await.unwrap();
+                    usize::from(read.is_some_and(|(_, journal)| !journal.is_empty()))
                 })
                 .buffered(DEPLOY_CHECK_CONCURRENCY)
                 .fold(0, |a, b| async move { a + b })

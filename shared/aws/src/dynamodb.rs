@@ -504,10 +504,49 @@ impl DynamoStore {
 
     /// Every item of partition `pk` whose sort key starts with `prefix`, strongly consistent,
     /// in sort key order. `projection` limits the attributes read.
+    /// The journal from the run partition's step items (see [`Store::journal`]).
+    async fn journal_of(&self, run_id: &str, items: Vec<Item>) -> StoreResult<Vec<StepRecord>> {
+        let items = items
+            .into_iter()
+            .map(|item| from_item::<StepItem>(&format!("step of run {run_id}"), item))
+            .collect::<StoreResult<Vec<_>>>()?;
+        // Steps planned in another step's result and not started have no item of their own.
+        let mut planned = Vec::new();
+        for item in &items {
+            planned.extend(item.planned()?);
+        }
+        let mut steps: Vec<StepRecord> = stream::iter(items)
+            .map(|item| self.step_record(item))
+            .buffered(FAN_OUT)
+            .try_collect()
+            .await?;
+        // Each once (two results may plan the same step: a join), and not over its own item.
+        let mut seen: HashSet<String> = steps.iter().map(|s| s.step_id.clone()).collect();
+        steps.extend(
+            planned
+                .into_iter()
+                .filter(|p| seen.insert(p.step_id.clone())),
+        );
+        // step_id breaks ties so the order is deterministic even if seq were reused.
+        steps.sort_by(|a, b| (a.seq, &a.step_id).cmp(&(b.seq, &b.step_id)));
+        Ok(steps)
+    }
+
     async fn query_partition(
         &self,
         pk: &str,
         prefix: &str,
+        projection: Option<&[&str]>,
+    ) -> StoreResult<Vec<Item>> {
+        self.query_keys(pk, SortKeys::Prefix(prefix), projection)
+            .await
+    }
+
+    /// The items of partition `pk` whose sort keys `sort_keys` selects, every page.
+    async fn query_keys(
+        &self,
+        pk: &str,
+        sort_keys: SortKeys<'_>,
         projection: Option<&[&str]>,
     ) -> StoreResult<Vec<Item>> {
         let mut items = Vec::new();
@@ -517,10 +556,18 @@ impl DynamoStore {
             let pk_name = expr.name("PK");
             let pk_value = expr.value("pk", AttributeValue::S(pk.to_owned()));
             let mut key_condition = format!("{pk_name} = {pk_value}");
-            if !prefix.is_empty() {
-                let sk_name = expr.name("SK");
-                let prefix = expr.value("prefix", AttributeValue::S(prefix.to_owned()));
-                key_condition.push_str(&format!(" AND begins_with({sk_name}, {prefix})"));
+            match sort_keys {
+                SortKeys::Prefix("") => {}
+                SortKeys::Prefix(prefix) => {
+                    let sk_name = expr.name("SK");
+                    let prefix = expr.value("prefix", AttributeValue::S(prefix.to_owned()));
+                    key_condition.push_str(&format!(" AND begins_with({sk_name}, {prefix})"));
+                }
+                SortKeys::From(first) => {
+                    let sk_name = expr.name("SK");
+                    let first = expr.value("first", AttributeValue::S(first.to_owned()));
+                    key_condition.push_str(&format!(" AND {sk_name} >= {first}"));
+                }
             }
             let projection = projection.map(|attrs| {
                 attrs
@@ -857,6 +904,15 @@ fn event_pk(event_id: &str) -> String {
 
 fn idem_pk(idempotency_id: &str) -> String {
     bounded(format!("IDEM#{idempotency_id}"), MAX_PARTITION_KEY)
+}
+
+/// Which sort keys of a partition a query reads.
+#[derive(Debug, Clone, Copy)]
+enum SortKeys<'a> {
+    /// Those starting with this ("": all).
+    Prefix(&'a str),
+    /// This one and every later one.
+    From(&'a str),
 }
 
 fn run_pk(run_id: &str) -> String {
@@ -1774,34 +1830,35 @@ impl Store for DynamoStore {
         Ok(runs)
     }
 
+    async fn run_with_journal(
+        &self,
+        run_id: &str,
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
+        // The run's partition sorts its chunks (`BLOB#…`) before the run (`RUN`) and its steps
+        // (`STEP#…`) after it: one query from `RUN` on reads the run and every step.
+        let mut items = self
+            .query_keys(&run_pk(run_id), SortKeys::From(RUN_SK), None)
+            .await?;
+        let sort_key = |item: &Item| {
+            item.get("SK")
+                .and_then(|sk| sk.as_s().ok())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let Some(at) = items.iter().position(|item| sort_key(item) == RUN_SK) else {
+            return Ok(None);
+        };
+        let run: RunItem = from_item(&format!("run {run_id}"), items.remove(at))?;
+        items.retain(|item| sort_key(item).starts_with(STEP_PREFIX));
+        let journal = self.journal_of(run_id, items).await?;
+        Ok(Some((self.run_record(run).await?, journal)))
+    }
+
     async fn journal(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {
         let items = self
             .query_partition(&run_pk(run_id), STEP_PREFIX, None)
             .await?;
-        let items = items
-            .into_iter()
-            .map(|item| from_item::<StepItem>(&format!("step of run {run_id}"), item))
-            .collect::<StoreResult<Vec<_>>>()?;
-        // Steps planned in another step's result and not started have no item of their own.
-        let mut planned = Vec::new();
-        for item in &items {
-            planned.extend(item.planned()?);
-        }
-        let mut steps: Vec<StepRecord> = stream::iter(items)
-            .map(|item| self.step_record(item))
-            .buffered(FAN_OUT)
-            .try_collect()
-            .await?;
-        // Each once (two results may plan the same step: a join), and not over its own item.
-        let mut seen: HashSet<String> = steps.iter().map(|s| s.step_id.clone()).collect();
-        steps.extend(
-            planned
-                .into_iter()
-                .filter(|p| seen.insert(p.step_id.clone())),
-        );
-        // step_id breaks ties so the order is deterministic even if seq were reused.
-        steps.sort_by(|a, b| (a.seq, &a.step_id).cmp(&(b.seq, &b.step_id)));
-        Ok(steps)
+        self.journal_of(run_id, items).await
     }
 
     async fn get_step(&self, run_id: &str, step_id: &str) -> StoreResult<Option<StepRecord>> {

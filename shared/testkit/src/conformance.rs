@@ -56,6 +56,7 @@ where
         retry_step,
         finish_step,
         record_step,
+        run_with_journal,
         runs_do_not_interfere,
         entries_conditions,
         entries_listing_and_expiry,
@@ -1179,6 +1180,57 @@ pub async fn begin_attempt(store: &dyn Store) {
 
 /// A step's result and the steps planned with it go in one write; a recorded result is never
 /// overwritten, and the planned steps show in the journal as planned until they start.
+/// The run and its journal read together are what `get_run` and `journal` read apart: with
+/// steps planned on a result, outputs (large ones too: chunked on DynamoDB), a finished run's
+/// output; none for a run that does not exist.
+pub async fn run_with_journal(store: &dyn Store) {
+    assert!(
+        store.run_with_journal(&new_id()).await.unwrap().is_none(),
+        "no such run"
+    );
+    let run_id = new_id();
+    create(store, &run(&run_id, "f", &new_id(), t0())).await;
+    let alone = store.run_with_journal(&run_id).await.unwrap().unwrap();
+    assert_eq!(alone, (get_run(store, &run_id).await, Vec::new()));
+    let big = "x".repeat(50_000);
+    let done = StepRecord {
+        status: StepStatus::Completed,
+        attempts: 1,
+        started_at: Some(at(1)),
+        ended_at: Some(at(2)),
+        output: Some(json!({"text": big})),
+        ..step(&run_id, "a", 0)
+    };
+    assert!(
+        store
+            .record_step(&done, &[step(&run_id, "b", 1), step(&run_id, "c", 2)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .transition_run(
+                &run_id,
+                &finish_to(RunStatus::Completed, Some(json!({"text": big})), None)
+            )
+            .await
+            .unwrap()
+    );
+    let (run, journal) = store.run_with_journal(&run_id).await.unwrap().unwrap();
+    assert_eq!(run, get_run(store, &run_id).await);
+    assert_eq!(run.output, Some(json!({"text": big})));
+    let apart = store.journal(&run_id).await.unwrap();
+    assert_eq!(journal, apart);
+    assert_eq!(
+        journal
+            .iter()
+            .map(|s| s.step_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    assert_eq!(journal[0].output, done.output);
+}
+
 pub async fn record_step(store: &dyn Store) {
     let run_id = new_id();
     plan(store, &step(&run_id, "a", 0)).await;

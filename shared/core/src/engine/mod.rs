@@ -1338,11 +1338,11 @@ impl Engine {
     // ---- runs ----
 
     pub async fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, EngineError> {
-        let Some(run) = self.store().get_run(run_id).await? else {
-            return Ok(None);
-        };
-        let steps = self.store().journal(run_id).await?;
-        Ok(Some(RunDetail { run, steps }))
+        Ok(self
+            .store()
+            .run_with_journal(run_id)
+            .await?
+            .map(|(run, steps)| RunDetail { run, steps }))
     }
 
     /// Cancels a run that has not ended: a step already executing finishes, nothing after it

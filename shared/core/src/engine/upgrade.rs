@@ -213,7 +213,7 @@ impl Engine {
 
     /// Checks every unfinished (Queued or Running) run in the store against this engine's
     /// registry ([`Engine::check_run`]), [`DEPLOY_CHECK_CONCURRENCY`] at a time. Reads each
-    /// run and its journal; writes nothing. Runs come newest first within each status.
+    /// run with its journal ([`crate::Store::run_with_journal`]); writes nothing. Runs come newest first within each status.
     pub async fn deploy_check(&self) -> Result<DeployCheck, EngineError> {
         let mut report = DeployCheck::default();
         for status in [RunStatus::Queued, RunStatus::Running] {
@@ -244,14 +244,10 @@ impl Engine {
                                     old_branches: Vec::new(),
                                 }));
                             }
-                            let store = self.store();
-                            let (run, journal) = futures::try_join!(
-                                store.get_run(&summary.run_id),
-                                store.journal(&summary.run_id)
-                            )?;
-                            Ok(match run {
+                            let read = self.store().run_with_journal(&summary.run_id).await?;
+                            Ok(match read {
                                 // Ended (or gone) since the listing.
-                                Some(run) if !run.status.is_terminal() => {
+                                Some((run, journal)) if !run.status.is_terminal() => {
                                     Some(self.check_run(&run, journal).await)
                                 }
                                 _ => None,

@@ -93,6 +93,19 @@ pub trait Store: Send + Sync + 'static {
     /// recorded an output must see every output recorded before it.
     async fn journal(&self, run_id: &str) -> StoreResult<Vec<StepRecord>>;
 
+    /// The run and its journal, as [`Store::get_run`] and [`Store::journal`] read them, in one
+    /// request where the backend can (DynamoDB: one query of the run's partition). None when
+    /// there is no such run.
+    async fn run_with_journal(
+        &self,
+        run_id: &str,
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRecord>)>> {
+        let Some(run) = self.get_run(run_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((run, self.journal(run_id).await?)))
+    }
+
     /// One journal entry, read strongly consistent (a replay whose cached journal lacks it
     /// asks for just this step).
     async fn get_step(&self, run_id: &str, step_id: &str) -> StoreResult<Option<StepRecord>>;
