@@ -381,6 +381,23 @@ pub async fn runs_sleeping_under_v1_finish_under_a_patched_v2(store: Arc<dyn Sto
     assert_eq!(bodies.count("publish"), 3);
     assert_eq!(bodies.count("notify"), 3);
     assert_eq!(bodies.count("review"), 2);
+
+    // A restart from after the patch keeps the branch the run took (the marker is reused
+    // with the steps before), and a marker is no step to restart from.
+    let engine = stack.engine(v2(), hours(90));
+    let again = engine.replay_from(&past, "publish", None).await.unwrap();
+    match engine.replay_from(&past, "@review", None).await {
+        Err(EngineError::Invalid(message)) => assert!(message.contains("patch marker")),
+        other => panic!("{other:?}"),
+    }
+    stack.drain(&engine).await;
+    stack.deploy(v2(), hours(120)).await;
+    let run = stack.run(&again).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.output.as_ref().unwrap()["reviewed"], json!(false));
+    assert_eq!(bodies.count("fetch"), 3, "fetch was reused");
+    assert_eq!(bodies.count("review"), 2, "the old branch stayed old");
+    assert_eq!(bodies.count("publish"), 4, "publish ran again");
 }
 
 /// Retiring a patch: v3 drops the `patched` call and keeps the new branch. The check flags the
