@@ -107,6 +107,14 @@ async fn one_unreadable_run_is_reported_and_skipped_everywhere() {
         .sweep(Some(Duration::ZERO))
         .await
         .expect("the sweeper skips it");
+    // The pre-deploy check names it (and says the deploy should wait).
+    let check = runtime
+        .engine()
+        .deploy_check()
+        .await
+        .expect("the check skips it");
+    assert_eq!(check.unreadable, vec![bad.clone()]);
+    assert!(check.breaks());
 
     // Every page and listing answers, naming the run it could not read.
     let router = router(runtime.engine().clone(), Keys::open());

@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use ulid::Ulid;
@@ -395,73 +396,83 @@ impl Engine {
     pub async fn sweep(&self, stale_after: Option<Duration>) -> Result<usize, EngineError> {
         let now = self.now();
         let mut count = 0;
-        for status in LIVE {
-            let mut cursor = None;
-            loop {
-                let page = self
-                    .store()
-                    .list_runs(&RunQuery {
-                        function_id: None,
-                        status: Some(status),
-                        started_after: None,
-                        started_before: None,
-                        limit: SWEEP_PAGE,
-                        cursor: cursor.take(),
-                        with_output: false,
-                    })
-                    .await?;
-                for run_id in &page.unreadable {
-                    tracing::warn!(run_id, "unreadable run skipped by the sweeper");
-                }
-                let mut batch = Vec::new();
-                for run in &page.runs {
-                    if let Some(stale_after) = stale_after {
-                        let journal = self.store().journal(&run.run_id).await?;
-                        let last = journal
-                            .iter()
-                            .flat_map(|s| {
-                                [
-                                    Some(s.planned_at),
-                                    s.started_at,
-                                    s.ended_at,
-                                    s.wake_at.filter(|_| !s.status.is_final()),
-                                ]
-                            })
-                            .flatten()
-                            .fold(run.started_at, DateTime::max);
-                        if (now - last)
-                            .to_std()
-                            .map_or(true, |idle| idle < stale_after)
-                        {
-                            continue;
-                        }
-                    }
-                    if self.registry().get(&run.function_id).is_none() {
-                        // Its queues went with it: no message would ever reach it again. Only
-                        // once stale: during a rolling deploy, a sweeper still on the old code
-                        // sees the new code's new functions as unknown, and their runs move.
-                        self.end_removed(&run.run_id).await?;
-                        count += 1;
+        let mut pages = std::pin::pin!(self.live_pages(SWEEP_PAGE));
+        while let Some(page) = pages.try_next().await? {
+            for run_id in &page.unreadable {
+                tracing::warn!(run_id, "unreadable run skipped by the sweeper");
+            }
+            let mut batch = Vec::new();
+            for run in &page.runs {
+                if let Some(stale_after) = stale_after {
+                    let journal = self.store().journal(&run.run_id).await?;
+                    let last = journal
+                        .iter()
+                        .flat_map(|s| {
+                            [
+                                Some(s.planned_at),
+                                s.started_at,
+                                s.ended_at,
+                                s.wake_at.filter(|_| !s.status.is_final()),
+                            ]
+                        })
+                        .flatten()
+                        .fold(run.started_at, DateTime::max);
+                    if (now - last)
+                        .to_std()
+                        .map_or(true, |idle| idle < stale_after)
+                    {
                         continue;
                     }
-                    let message = Message {
-                        kind: MessageKind::Redrive,
-                        ..start_message(&run.run_id, &run.function_id)
-                    };
-                    batch.push(Envelope {
-                        message,
-                        delay: Duration::ZERO,
-                    });
                 }
-                count += batch.len();
-                self.send(batch).await?;
-                match page.cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
+                if self.registry().get(&run.function_id).is_none() {
+                    // Its queues went with it: no message would ever reach it again. Only
+                    // once stale: during a rolling deploy, a sweeper still on the old code
+                    // sees the new code's new functions as unknown, and their runs move.
+                    self.end_removed(&run.run_id).await?;
+                    count += 1;
+                    continue;
                 }
+                let message = Message {
+                    kind: MessageKind::Redrive,
+                    ..start_message(&run.run_id, &run.function_id)
+                };
+                batch.push(Envelope {
+                    message,
+                    delay: Duration::ZERO,
+                });
             }
+            count += batch.len();
+            self.send(batch).await?;
         }
         Ok(count)
+    }
+
+    /// Every function's unfinished runs (Queued, then Running), newest first, one page of at
+    /// most `limit` at a time: what the sweeper and the deploy check walk.
+    pub(super) fn live_pages(
+        &self,
+        limit: usize,
+    ) -> impl futures::Stream<Item = Result<RunPage, EngineError>> + '_ {
+        futures::stream::try_unfold(
+            (0, None),
+            move |(index, cursor): (usize, Option<String>)| async move {
+                let Some(status) = LIVE.get(index) else {
+                    return Ok(None);
+                };
+                let query = RunQuery {
+                    status: Some(*status),
+                    limit,
+                    cursor,
+                    ..RunQuery::default()
+                };
+                let page = self.store().list_runs(&query).await?;
+                let next = match &page.cursor {
+                    Some(cursor) => (index, Some(cursor.clone())),
+                    None => (index + 1, None),
+                };
+                Ok(Some((page, next)))
+            },
+        )
     }
 
     /// Fails a run whose function is no longer registered with `FunctionRemoved` (its

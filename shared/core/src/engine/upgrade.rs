@@ -12,13 +12,13 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 
 use super::{Engine, PassEnd};
 use crate::engine::ctx::Ctx;
 use crate::error::EngineError;
-use crate::model::{ErrorInfo, RunQuery, RunRecord, RunStatus, StepKind, StepRecord};
+use crate::model::{ErrorInfo, RunRecord, RunStatus, StepKind, StepRecord};
 use crate::store::MAX_PAGE;
 
 /// Why a run would fail under the new code.
@@ -127,6 +127,14 @@ impl DeployCheck {
     }
 }
 
+/// One listed run, as the check found it.
+enum Checked {
+    Run(RunCheck),
+    /// Its run or journal rows could not be read.
+    Unreadable(String),
+    Ended,
+}
+
 /// How many runs [`Engine::deploy_check`] reads and replays at once.
 pub const DEPLOY_CHECK_CONCURRENCY: usize = 16;
 
@@ -216,59 +224,38 @@ impl Engine {
     /// run with its journal ([`crate::Store::run_with_journal`]); writes nothing. Runs come newest first within each status.
     pub async fn deploy_check(&self) -> Result<DeployCheck, EngineError> {
         let mut report = DeployCheck::default();
-        for status in [RunStatus::Queued, RunStatus::Running] {
-            let mut cursor = None;
-            loop {
-                let page = self
-                    .store()
-                    .list_runs(&RunQuery {
-                        function_id: None,
-                        status: Some(status),
-                        started_after: None,
-                        started_before: None,
-                        limit: MAX_PAGE,
-                        cursor: cursor.take(),
-                        with_output: false,
-                    })
-                    .await?;
-                report.unreadable.extend(page.unreadable);
-                let checks: Vec<Result<Option<RunCheck>, EngineError>> =
-                    futures::stream::iter(page.runs)
-                        .map(|summary| async move {
-                            if self.registry().get(&summary.function_id).is_none() {
-                                return Ok(Some(RunCheck {
-                                    run_id: summary.run_id,
-                                    function_id: summary.function_id,
-                                    status: summary.status,
-                                    verdict: Verdict::FunctionRemoved,
-                                    old_branches: Vec::new(),
-                                }));
-                            }
-                            let read = self.store().run_with_journal(&summary.run_id).await?;
-                            Ok(match read {
-                                // Ended (or gone) since the listing.
-                                Some((run, journal)) if !run.status.is_terminal() => {
-                                    Some(self.check_run(&run, journal).await)
-                                }
-                                _ => None,
-                            })
-                        })
-                        .buffered(DEPLOY_CHECK_CONCURRENCY)
-                        .collect()
-                        .await;
-                for check in checks {
-                    match check {
-                        Ok(Some(check)) => report.runs.push(check),
-                        Ok(None) => {}
-                        Err(EngineError::Store(e)) if e.is_corrupt() => {
-                            report.unreadable.push(e.to_string())
-                        }
-                        Err(e) => return Err(e),
+        let mut pages = std::pin::pin!(self.live_pages(MAX_PAGE));
+        while let Some(page) = pages.try_next().await? {
+            report.unreadable.extend(page.unreadable);
+            let checks: Vec<Result<Checked, EngineError>> = futures::stream::iter(page.runs)
+                .map(|summary| async move {
+                    if self.registry().get(&summary.function_id).is_none() {
+                        return Ok(Checked::Run(RunCheck {
+                            run_id: summary.run_id,
+                            function_id: summary.function_id,
+                            status: summary.status,
+                            verdict: Verdict::FunctionRemoved,
+                            old_branches: Vec::new(),
+                        }));
                     }
-                }
-                match page.cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
+                    match self.store().run_with_journal(&summary.run_id).await {
+                        Ok(Some((run, journal))) if !run.status.is_terminal() => {
+                            Ok(Checked::Run(self.check_run(&run, journal).await))
+                        }
+                        // Ended (or gone) since the listing.
+                        Ok(_) => Ok(Checked::Ended),
+                        Err(e) if e.is_corrupt() => Ok(Checked::Unreadable(summary.run_id)),
+                        Err(e) => Err(e.into()),
+                    }
+                })
+                .buffered(DEPLOY_CHECK_CONCURRENCY)
+                .collect()
+                .await;
+            for check in checks {
+                match check? {
+                    Checked::Run(check) => report.runs.push(check),
+                    Checked::Unreadable(run_id) => report.unreadable.push(run_id),
+                    Checked::Ended => {}
                 }
             }
         }
