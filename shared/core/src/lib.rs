@@ -24,7 +24,9 @@
 //! - [`prelude`]: what function code uses, in one `use`.
 //! - [`function`]: defining functions ([`Function`]), their declared steps ([`Step`], [`steps!`]),
 //!   waits ([`Wait`]) and invoke targets ([`Invoke`]); the [`Registry`].
-//! - [`engine`]: the executor ([`Engine`]) and the [`Ctx`] function code talks to.
+//! - [`engine`]: the executor ([`Engine`]) and the [`Ctx`] function code talks to (patch
+//!   markers, [`Ctx::patched`]); the dry replay behind `baton deploy-check`
+//!   ([`Engine::deploy_check`]) and restarts from a step ([`Engine::replay_from`]).
 //! - [`model`]: the stored records (events, runs, steps) and continuation messages.
 //! - [`store`]: the [`Store`] trait and the in-memory store.
 //! - [`queue`]: the [`Queue`] trait and the in-process delayed queue.

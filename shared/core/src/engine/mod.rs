@@ -1,5 +1,8 @@
 //! The executor: ingesting events, handling continuation messages by replay, and the run
-//! operations of the API (cancel, replay, the sweeper's re-drive).
+//! operations of the API (cancel, replay, the sweeper's re-drive). Beside it: `ctx` (what
+//! function code talks to), `flow` (concurrency, throttle, rate limit, debounce), `wait`,
+//! `bulk` (bulk actions, the sweeper), `upgrade` (dry replay for `baton deploy-check`, restart
+//! from a step), `cache` (final journal entries in memory), `config`.
 //!
 //! One way through the code for a run: [`Engine::handle`] reads the run and its journal,
 //! replays the function ([`Ctx`]), then concludes: finish or fail the run, or plan the steps it
