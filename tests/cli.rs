@@ -719,3 +719,74 @@ fn insert_orphan_run(db: &Path, run_id: &str) {
         assert!(store.create_run(&run).await.unwrap());
     });
 }
+
+/// `baton deploy-check --table` against a DynamoDB table on moto, with the usual AWS
+/// configuration from the environment (the endpoint in AWS_ENDPOINT_URL): an empty table
+/// passes, a run of a function this build lacks fails the check.
+#[test]
+fn deploy_check_reads_a_dynamodb_table() {
+    use baton::Store as _;
+    let endpoint = baton_testkit::moto::endpoint();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = runtime.block_on(baton_testkit::moto::fresh_store());
+    let table = store.table().to_owned();
+    let check = |json: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+        command
+            .args(["deploy-check", "--table", &table])
+            .env_remove("BATON_DB")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "warn");
+        if json {
+            command.arg("--json");
+        }
+        Run::from(command.output().expect("baton runs"))
+    };
+    let empty = check(false).ok();
+    assert!(
+        empty
+            .stdout
+            .contains(&format!("0 unfinished runs in DynamoDB table {table}")),
+        "{}",
+        empty.stdout
+    );
+    let orphan = "01J0000000000000000000DYNM";
+    runtime.block_on(async {
+        let event = baton::model::EventRecord {
+            id: "01J0000000000000000000EVDY".into(),
+            name: "demo/report.requested".into(),
+            data: serde_json::json!({}),
+            ts: 1_700_000_000_000,
+            user: serde_json::json!({}),
+            v: None,
+            idempotency_id: None,
+        };
+        let run = baton::model::RunRecord {
+            run_id: orphan.into(),
+            function_id: "retired-report".into(),
+            event_id: event.id.clone(),
+            event,
+            status: baton::RunStatus::Running,
+            started_at: chrono::Utc::now(),
+            ended_at: None,
+            output: None,
+            error: None,
+            progress: None,
+            replay_of: None,
+            replay_from: None,
+        };
+        assert!(store.create_run(&run).await.unwrap());
+    });
+    let found = check(true).failed();
+    let json: serde_json::Value = serde_json::from_str(&found.stdout).unwrap();
+    assert_eq!(json["function_removed"], 1, "{json}");
+    assert_eq!(json["runs"][0]["run_id"], orphan, "{json}");
+}
