@@ -684,7 +684,7 @@ fn deploy_check_restart_from_a_step_and_a_removed_function() {
     );
 }
 
-/// Writes a Running run of function `retired-report` into the store at `db`.
+/// Writes [`orphan_run`] into the store at `db`.
 fn insert_orphan_run(db: &Path, run_id: &str) {
     use baton::Store as _;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -693,31 +693,36 @@ fn insert_orphan_run(db: &Path, run_id: &str) {
         .unwrap();
     runtime.block_on(async {
         let store = baton_sqlite::SqliteStore::open(db, baton_sqlite::Durability::Normal).unwrap();
-        let event = baton::model::EventRecord {
-            id: "01J0000000000000000000EVNT".into(),
-            name: "demo/report.requested".into(),
-            data: serde_json::json!({}),
-            ts: 1_700_000_000_000,
-            user: serde_json::json!({}),
-            v: None,
-            idempotency_id: None,
-        };
-        let run = baton::model::RunRecord {
-            run_id: run_id.into(),
-            function_id: "retired-report".into(),
-            event_id: event.id.clone(),
-            event,
-            status: baton::RunStatus::Running,
-            started_at: chrono::Utc::now(),
-            ended_at: None,
-            output: None,
-            error: None,
-            progress: None,
-            replay_of: None,
-            replay_from: None,
-        };
-        assert!(store.create_run(&run).await.unwrap());
+        assert!(store.create_run(&orphan_run(run_id)).await.unwrap());
     });
+}
+
+/// A Running run of function `retired-report`, which this build does not have (as if an older
+/// build had started it).
+fn orphan_run(run_id: &str) -> baton::model::RunRecord {
+    let event = baton::model::EventRecord {
+        id: format!("{run_id}-event"),
+        name: "demo/report.requested".into(),
+        data: serde_json::json!({}),
+        ts: 1_700_000_000_000,
+        user: serde_json::json!({}),
+        v: None,
+        idempotency_id: None,
+    };
+    baton::model::RunRecord {
+        run_id: run_id.into(),
+        function_id: "retired-report".into(),
+        event_id: event.id.clone(),
+        event,
+        status: baton::RunStatus::Running,
+        started_at: chrono::Utc::now(),
+        ended_at: None,
+        output: None,
+        error: None,
+        progress: None,
+        replay_of: None,
+        replay_from: None,
+    }
 }
 
 /// `baton deploy-check --table` against a DynamoDB table on moto, with the usual AWS
@@ -759,32 +764,7 @@ fn deploy_check_reads_a_dynamodb_table() {
         empty.stdout
     );
     let orphan = "01J0000000000000000000DYNM";
-    runtime.block_on(async {
-        let event = baton::model::EventRecord {
-            id: "01J0000000000000000000EVDY".into(),
-            name: "demo/report.requested".into(),
-            data: serde_json::json!({}),
-            ts: 1_700_000_000_000,
-            user: serde_json::json!({}),
-            v: None,
-            idempotency_id: None,
-        };
-        let run = baton::model::RunRecord {
-            run_id: orphan.into(),
-            function_id: "retired-report".into(),
-            event_id: event.id.clone(),
-            event,
-            status: baton::RunStatus::Running,
-            started_at: chrono::Utc::now(),
-            ended_at: None,
-            output: None,
-            error: None,
-            progress: None,
-            replay_of: None,
-            replay_from: None,
-        };
-        assert!(store.create_run(&run).await.unwrap());
-    });
+    runtime.block_on(async { assert!(store.create_run(&orphan_run(orphan)).await.unwrap()) });
     let found = check(true).failed();
     let json: serde_json::Value = serde_json::from_str(&found.stdout).unwrap();
     assert_eq!(json["function_removed"], 1, "{json}");

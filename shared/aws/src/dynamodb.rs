@@ -1839,12 +1839,11 @@ impl Store for DynamoStore {
         let mut items = self
             .query_keys(&run_pk(run_id), SortKeys::From(RUN_SK), None)
             .await?;
-        let sort_key = |item: &Item| {
+        fn sort_key(item: &Item) -> &str {
             item.get("SK")
                 .and_then(|sk| sk.as_s().ok())
-                .cloned()
-                .unwrap_or_default()
-        };
+                .map_or("", String::as_str)
+        }
         let Some(at) = items.iter().position(|item| sort_key(item) == RUN_SK) else {
             return Ok(None);
         };

@@ -974,7 +974,7 @@ pub struct Registry {
 /// Step names become queue and binary names: keep them to `[A-Za-z0-9_-]`, at most 64 chars.
 pub const MAX_NAME_LEN: usize = 64;
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name
@@ -1043,18 +1043,11 @@ impl Registry {
         if let Some(on_failure) = function.on_failure.clone() {
             let handler_fn = Function {
                 name: format!("{} (on failure)", function.name),
-                triggers: vec![Trigger {
-                    event: FUNCTION_FAILED.into(),
-                    filter: Some((
-                        "data.function_id".into(),
-                        Value::String(function.id.clone()),
-                    )),
-                }],
                 steps: function.failure_steps.clone(),
                 retries: function.failure_retries,
-                failure_of: Some(function.id.clone()),
                 handler: Some(on_failure),
                 ..Function::new(format!("{}-failure", function.id))
+                    .handles_failures_of(function.id.clone())
             };
             self = self.insert(handler_fn)?;
         }

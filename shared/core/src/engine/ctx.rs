@@ -775,13 +775,8 @@ impl Ctx {
     /// the runs that took it; when none is left, delete the call and the old branch. A marker
     /// the code no longer reaches is ignored. `id`: letters, digits, `-` and `_`.
     pub async fn patched(&self, id: &str) -> bool {
-        let valid = !id.is_empty()
-            && id.len() <= 64
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         let step_id = format!("{}@{id}", self.scope);
-        if !valid {
+        if !crate::function::valid_name(id) {
             self.fail_at(
                 &step_id,
                 "InvalidPatch",
@@ -824,8 +819,7 @@ impl Ctx {
         marker.started_at = Some(self.inner.now);
         marker.ended_at = Some(self.inner.now);
         if self.inner.dry {
-            self.note_patch(marker);
-            return taken;
+            return self.note_patch(marker);
         }
         let _active = self.activate();
         // Written before the target's result when the pass has one (unlike a journaled send):
@@ -838,8 +832,7 @@ impl Ctx {
             }
             Ok(true) => {
                 self.remember(&marker);
-                self.note_patch(marker);
-                taken
+                self.note_patch(marker)
             }
             // Another handler recorded it first: its answer holds.
             Ok(false) => match self
@@ -854,10 +847,8 @@ impl Ctx {
                     self.interrupt(e.into()).await
                 }
                 Ok(Some(record)) => {
-                    let taken = record.output == Some(Value::Bool(true));
                     self.remember(&record);
-                    self.note_patch(record);
-                    taken
+                    self.note_patch(record)
                 }
                 Ok(None) => {
                     drop(_active);
@@ -884,7 +875,7 @@ impl Ctx {
             );
             return Some(false);
         }
-        let taken = record.output == Some(Value::Bool(true));
+        let taken = patch_answer(&record);
         let mut state = self.state();
         state.visited.insert(step_id.to_string());
         if !state.patches.iter().any(|(id, _)| id == step_id) {
@@ -893,12 +884,14 @@ impl Ctx {
         Some(taken)
     }
 
-    fn note_patch(&self, marker: StepRecord) {
-        let taken = marker.output == Some(Value::Bool(true));
+    /// Puts a marker just recorded (or read back) in this pass's journal; returns its answer.
+    fn note_patch(&self, marker: StepRecord) -> bool {
+        let taken = patch_answer(&marker);
         let mut state = self.state();
         state.visited.insert(marker.step_id.clone());
         state.patches.push((marker.step_id.clone(), taken));
         state.journal.insert(marker.step_id.clone(), marker);
+        taken
     }
 
     /// Whether this branch's journal has a step the replay has not reached yet: directly in
@@ -1304,6 +1297,11 @@ fn journaled<T: DeserializeOwned>(record: &StepRecord) -> Option<Result<T, Error
         }
         _ => None,
     }
+}
+
+/// Which branch a journaled patch marker says its run took (true: the new code).
+fn patch_answer(marker: &StepRecord) -> bool {
+    marker.output == Some(Value::Bool(true))
 }
 
 fn set_outcome(record: &mut StepRecord, outcome: StepOutcome) {

@@ -92,6 +92,17 @@ pub struct RunCheck {
 }
 
 impl RunCheck {
+    /// A run whose function the registry no longer has.
+    fn removed(run_id: String, function_id: String, status: RunStatus) -> Self {
+        RunCheck {
+            run_id,
+            function_id,
+            status,
+            verdict: Verdict::FunctionRemoved,
+            old_branches: Vec::new(),
+        }
+    }
+
     pub fn breaks(&self) -> bool {
         !matches!(self.verdict, Verdict::Compatible)
     }
@@ -143,15 +154,8 @@ impl Engine {
     /// it) against this engine's registry: what its next handler would do with it. No step
     /// body runs and nothing is written.
     pub async fn check_run(&self, run: &RunRecord, journal: Vec<StepRecord>) -> RunCheck {
-        let check = |verdict, old_branches| RunCheck {
-            run_id: run.run_id.clone(),
-            function_id: run.function_id.clone(),
-            status: run.status,
-            verdict,
-            old_branches,
-        };
         let Some(function) = self.registry().get(&run.function_id).cloned() else {
-            return check(Verdict::FunctionRemoved, Vec::new());
+            return RunCheck::removed(run.run_id.clone(), run.function_id.clone(), run.status);
         };
         let handler = function
             .handler
@@ -216,7 +220,13 @@ impl Engine {
         } else {
             Verdict::Compatible
         };
-        check(verdict, old_branches)
+        RunCheck {
+            run_id: run.run_id.clone(),
+            function_id: run.function_id.clone(),
+            status: run.status,
+            verdict,
+            old_branches,
+        }
     }
 
     /// Checks every unfinished (Queued or Running) run in the store against this engine's
@@ -229,14 +239,13 @@ impl Engine {
             report.unreadable.extend(page.unreadable);
             let checks: Vec<Result<Checked, EngineError>> = futures::stream::iter(page.runs)
                 .map(|summary| async move {
+                    // No read: the listing says all the check needs.
                     if self.registry().get(&summary.function_id).is_none() {
-                        return Ok(Checked::Run(RunCheck {
-                            run_id: summary.run_id,
-                            function_id: summary.function_id,
-                            status: summary.status,
-                            verdict: Verdict::FunctionRemoved,
-                            old_branches: Vec::new(),
-                        }));
+                        return Ok(Checked::Run(RunCheck::removed(
+                            summary.run_id,
+                            summary.function_id,
+                            summary.status,
+                        )));
                     }
                     match self.store().run_with_journal(&summary.run_id).await {
                         Ok(Some((run, journal))) if !run.status.is_terminal() => {
