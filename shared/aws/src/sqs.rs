@@ -548,6 +548,10 @@ impl Queue for SqsQueue {
     fn max_delay(&self) -> Duration {
         MAX_DELAY
     }
+
+    fn send_batch_size(&self) -> usize {
+        MAX_BATCH_ENTRIES
+    }
 }
 
 #[cfg(test)]

@@ -315,3 +315,104 @@ async fn a_batch_failing_partway_names_what_it_stored() {
     assert_eq!(engine.sweep(None).await.unwrap(), 3);
     assert_eq!(queue.sent.lock().unwrap().len(), 3);
 }
+
+/// A queue that sends `batch_size` messages per request and notes, at each send, how many
+/// runs the store holds.
+struct CountingQueue {
+    batch_size: usize,
+    store: Arc<MemoryStore>,
+    sends: std::sync::Mutex<Vec<(usize, usize)>>,
+}
+
+#[async_trait::async_trait]
+impl baton::queue::Queue for CountingQueue {
+    async fn send(
+        &self,
+        batch: Vec<baton::queue::Envelope>,
+    ) -> Result<(), baton::error::QueueError> {
+        let query = baton::model::RunQuery {
+            limit: 100,
+            ..Default::default()
+        };
+        let stored = baton::Store::list_runs(&*self.store, &query)
+            .await
+            .unwrap()
+            .runs
+            .len();
+        self.sends.lock().unwrap().push((batch.len(), stored));
+        Ok(())
+    }
+
+    fn send_batch_size(&self) -> usize {
+        self.batch_size
+    }
+}
+
+/// A run's start goes out as soon as its event is stored, not after the rest of the
+/// request: one by one in-process, by the queue's batch (SQS: ten) otherwise.
+#[tokio::test(start_paused = true)]
+async fn starts_go_out_as_their_events_are_stored() {
+    for (batch_size, expected) in [
+        (1, (1..=5).map(|n| (1, n)).collect::<Vec<_>>()),
+        (2, vec![(2, 2), (2, 4), (1, 5)]),
+        (10, vec![(5, 5)]),
+    ] {
+        let f = Function::new("any")
+            .trigger("t/eager")
+            .handler(|_ctx: Ctx, _e: Event<Value>| async move { Ok::<_, Error>(()) });
+        let store = Arc::new(MemoryStore::new());
+        let queue = Arc::new(CountingQueue {
+            batch_size,
+            store: store.clone(),
+            sends: Default::default(),
+        });
+        let engine = baton::Engine::new(
+            Registry::new().register(f).unwrap(),
+            store.clone(),
+            queue.clone(),
+            baton::EngineConfig::default(),
+        );
+        let events = (0..5)
+            .map(|i| NewEvent::new("t/eager", json!({"i": i})))
+            .collect();
+        assert_eq!(engine.send_events(events).await.unwrap().len(), 5);
+        assert_eq!(
+            *queue.sends.lock().unwrap(),
+            expected,
+            "(starts sent, runs stored) at each send, batch size {batch_size}"
+        );
+    }
+}
+
+/// When a start cannot be sent partway through a request, the rest of its events are still
+/// stored and named; their runs wait, Queued, for the sweeper.
+#[tokio::test(start_paused = true)]
+async fn a_send_failing_early_still_stores_the_request() {
+    let f = Function::new("any")
+        .trigger("t/batch")
+        .handler(|_ctx: Ctx, _e: Event<Value>| async move { Ok::<_, Error>(()) });
+    let queue = Arc::new(FlakyQueue {
+        down: true.into(),
+        sent: Default::default(),
+    });
+    let store = Arc::new(MemoryStore::new());
+    let engine = baton::Engine::new(
+        Registry::new().register(f).unwrap(),
+        store.clone(),
+        queue.clone(),
+        baton::EngineConfig::default(),
+    );
+    let events: Vec<NewEvent> = (0..4)
+        .map(|i| NewEvent::new("t/batch", json!({"i": i})))
+        .collect();
+    let (ids, result) = engine.send_events_partial(events).await;
+    assert!(matches!(result, Err(EngineError::Queue(_))), "{result:?}");
+    assert_eq!(ids.len(), 4, "every event is stored and named");
+    queue.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(engine.sweep(None).await.unwrap(), 4);
+    assert_eq!(
+        queue.sent.lock().unwrap().len(),
+        4,
+        "each run started once, by the sweeper"
+    );
+}

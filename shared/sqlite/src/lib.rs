@@ -375,6 +375,52 @@ struct RunRow {
 }
 
 impl RunRow {
+    fn new(run: &RunRecord) -> StoreResult<Self> {
+        Ok(RunRow {
+            run_id: run.run_id.clone(),
+            function_id: run.function_id.clone(),
+            event_id: run.event_id.clone(),
+            status: run.status.as_str().to_owned(),
+            started_at: ts(run.started_at),
+            ended_at: opt_ts(run.ended_at),
+            output: opt_json(run.output.as_ref())?,
+            error: opt_json(run.error.as_ref())?,
+            progress: opt_json(run.progress.as_ref())?,
+            replay_of: run.replay_of.clone(),
+            event: json(&run.event)?,
+            event_name: Some(run.event.name.clone()),
+            replay_from: run.replay_from.clone(),
+        })
+    }
+
+    /// Inserts the run unless one with its id exists. True when written.
+    fn insert(&self, conn: &Connection) -> StoreResult<bool> {
+        let n = conn
+            .exec_cached(
+                &format!(
+                    "INSERT INTO runs ({RUN_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING"
+                ),
+                params![
+                    self.run_id,
+                    self.function_id,
+                    self.event_id,
+                    self.status,
+                    self.started_at,
+                    self.ended_at,
+                    self.output,
+                    self.error,
+                    self.progress,
+                    self.replay_of,
+                    self.event,
+                    self.event_name,
+                    self.replay_from
+                ],
+            )
+            .map_err(backend)?;
+        Ok(n == 1)
+    }
+
     fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(RunRow {
             run_id: row.get(0)?,
@@ -410,6 +456,51 @@ impl RunRow {
             replay_from: self.replay_from,
             run_id: self.run_id,
         })
+    }
+}
+
+/// An `events` row as it is written.
+struct EventRow {
+    event_id: String,
+    name: String,
+    data: String,
+    ts: i64,
+    user: String,
+    v: Option<String>,
+    idempotency_id: Option<String>,
+}
+
+impl EventRow {
+    fn new(event: &EventRecord) -> StoreResult<Self> {
+        Ok(EventRow {
+            event_id: event.id.clone(),
+            name: event.name.clone(),
+            data: json(&event.data)?,
+            ts: event.ts,
+            user: json(&event.user)?,
+            v: event.v.clone(),
+            idempotency_id: event.idempotency_id.clone(),
+        })
+    }
+
+    /// Inserts the event unless one with its id exists. True when written.
+    fn insert(&self, conn: &Connection) -> StoreResult<bool> {
+        let n = conn
+            .exec_cached(
+                "INSERT INTO events (event_id, name, data, ts, user, v, idempotency_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                params![
+                    self.event_id,
+                    self.name,
+                    self.data,
+                    self.ts,
+                    self.user,
+                    self.v,
+                    self.idempotency_id
+                ],
+            )
+            .map_err(backend)?;
+        Ok(n == 1)
     }
 }
 
@@ -581,24 +672,26 @@ impl Store for SqliteStore {
     }
 
     async fn put_event(&self, event: &EventRecord) -> StoreResult<bool> {
-        let row = (
-            event.id.clone(),
-            event.name.clone(),
-            json(&event.data)?,
-            event.ts,
-            json(&event.user)?,
-            event.v.clone(),
-            event.idempotency_id.clone(),
-        );
+        let row = EventRow::new(event)?;
+        self.write(move |conn| row.insert(conn)).await
+    }
+
+    async fn put_event_with_runs(
+        &self,
+        event: &EventRecord,
+        runs: &[RunRecord],
+    ) -> StoreResult<()> {
+        let event = EventRow::new(event)?;
+        let runs = runs
+            .iter()
+            .map(RunRow::new)
+            .collect::<StoreResult<Vec<_>>>()?;
         self.write(move |conn| {
-            let n = conn
-                .exec_cached(
-                    "INSERT INTO events (event_id, name, data, ts, user, v, idempotency_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-                    params![row.0, row.1, row.2, row.3, row.4, row.5, row.6],
-                )
-                .map_err(backend)?;
-            Ok(n == 1)
+            event.insert(conn)?;
+            for run in &runs {
+                run.insert(conn)?;
+            }
+            Ok(())
         })
         .await
     }
@@ -641,48 +734,8 @@ impl Store for SqliteStore {
     }
 
     async fn create_run(&self, run: &RunRecord) -> StoreResult<bool> {
-        let row = RunRow {
-            run_id: run.run_id.clone(),
-            function_id: run.function_id.clone(),
-            event_id: run.event_id.clone(),
-            status: run.status.as_str().to_owned(),
-            started_at: ts(run.started_at),
-            ended_at: opt_ts(run.ended_at),
-            output: opt_json(run.output.as_ref())?,
-            error: opt_json(run.error.as_ref())?,
-            progress: opt_json(run.progress.as_ref())?,
-            replay_of: run.replay_of.clone(),
-            event: json(&run.event)?,
-            event_name: Some(run.event.name.clone()),
-            replay_from: run.replay_from.clone(),
-        };
-        self.write(move |conn| {
-            let n = conn
-                .exec_cached(
-                    &format!(
-                        "INSERT INTO runs ({RUN_COLUMNS})
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING"
-                    ),
-                    params![
-                        row.run_id,
-                        row.function_id,
-                        row.event_id,
-                        row.status,
-                        row.started_at,
-                        row.ended_at,
-                        row.output,
-                        row.error,
-                        row.progress,
-                        row.replay_of,
-                        row.event,
-                        row.event_name,
-                        row.replay_from
-                    ],
-                )
-                .map_err(backend)?;
-            Ok(n == 1)
-        })
-        .await
+        let row = RunRow::new(run)?;
+        self.write(move |conn| row.insert(conn)).await
     }
 
     async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {

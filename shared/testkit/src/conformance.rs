@@ -43,6 +43,7 @@ where
         events_put_if_absent,
         idempotency_claims,
         runs_create_if_absent,
+        event_with_runs,
         run_transitions,
         run_progress,
         list_runs_order_and_filters,
@@ -376,6 +377,67 @@ pub async fn runs_create_if_absent(store: &dyn Store) {
         store.get_run(&new_id()).await.expect("get_run"),
         None,
         "unknown run"
+    );
+}
+
+/// `put_event_with_runs` stores the event and every run, each only when absent: a repeat
+/// (a sender's retry after a lost answer) changes nothing and adds only what was missing.
+pub async fn event_with_runs(store: &dyn Store) {
+    let stored = event(&new_id());
+    let runs = [
+        run(&new_id(), "fn-a", &stored.id, at(0)),
+        run(&new_id(), "fn-b", &stored.id, at(0)),
+    ];
+    store
+        .put_event_with_runs(&stored, &runs)
+        .await
+        .expect("put_event_with_runs");
+    assert_eq!(
+        store.get_event(&stored.id).await.expect("get_event"),
+        Some(stored.clone()),
+        "event round trip"
+    );
+    for run in &runs {
+        assert_eq!(&get_run(store, &run.run_id).await, run, "run round trip");
+    }
+
+    let no_runs = event(&new_id());
+    store
+        .put_event_with_runs(&no_runs, &[])
+        .await
+        .expect("an event that starts nothing");
+    assert_eq!(
+        store.get_event(&no_runs.id).await.expect("get_event"),
+        Some(no_runs)
+    );
+
+    let changed_event = EventRecord {
+        data: json!("changed"),
+        ..stored.clone()
+    };
+    let changed_run = RunRecord {
+        status: RunStatus::Completed,
+        ..runs[0].clone()
+    };
+    let missing = run(&new_id(), "fn-c", &stored.id, at(1));
+    store
+        .put_event_with_runs(&changed_event, &[changed_run, missing.clone()])
+        .await
+        .expect("put_event_with_runs again");
+    assert_eq!(
+        store.get_event(&stored.id).await.expect("get_event"),
+        Some(stored),
+        "a repeat must not change the event"
+    );
+    assert_eq!(
+        get_run(store, &runs[0].run_id).await,
+        runs[0],
+        "a repeat must not change a run"
+    );
+    assert_eq!(
+        get_run(store, &missing.run_id).await,
+        missing,
+        "a repeat writes a run that was missing"
     );
 }
 

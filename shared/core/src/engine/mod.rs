@@ -359,9 +359,12 @@ impl Engine {
         Ok(ids.remove(0))
     }
 
-    /// Validates every event, then stores them one by one. The starts of the runs they create
-    /// are sent in one batch at the end, or, when a write fails partway, for the events
-    /// stored so far before the error is returned with their ids.
+    /// Validates every event, then stores them one by one, in order. The starts of the runs
+    /// they create go out as soon as the queue's batch fills ([`Queue::send_batch_size`]: at
+    /// once in-process, by ten on SQS), so a run does not wait for the rest of its request.
+    /// When a write fails partway, the starts of the events stored so far (a prefix) are sent
+    /// before the error is returned with their ids; when a send fails, every event is still
+    /// stored and the runs not started are left Queued for the sweeper.
     async fn ingest_partial(
         &self,
         events: Vec<NewEvent>,
@@ -381,13 +384,15 @@ impl Engine {
         {
             return (Vec::new(), Err(error));
         }
+        let batch_size = self.queue().send_batch_size().max(1);
         let mut ids = Vec::with_capacity(events.len());
         let mut starts = Vec::new();
-        let mut failure = None;
+        // After a failed send the rest are still stored, their runs left Queued for the
+        // sweeper (as a send failing at the end would leave them), and the error returned.
+        let mut send_failure = None;
         for event in events {
             let stored = async {
-                let (record, duplicate) = self.store_event(event).await?;
-                let event_starts = self.create_runs(&record, duplicate).await?;
+                let (record, event_starts) = self.store_event(event).await?;
                 self.resume_waits(&record).await?;
                 Ok::<_, EngineError>((record.id, event_starts))
             };
@@ -397,36 +402,44 @@ impl Engine {
                     starts.extend(event_starts);
                 }
                 Err(e) => {
-                    failure = Some(e);
-                    break;
+                    if send_failure.is_none() {
+                        let _ = self.send(starts).await;
+                    }
+                    return (ids, Err(e));
                 }
             }
+            if starts.len() >= batch_size && send_failure.is_none() {
+                send_failure = self.send(std::mem::take(&mut starts)).await.err();
+            }
         }
-        let sent = self.send(starts).await;
-        match (failure, sent) {
-            (Some(e), _) | (None, Err(e)) => (ids, Err(e)),
-            (None, Ok(())) => (ids, Ok(())),
+        match send_failure {
+            Some(e) => (ids, Err(e)),
+            None => (ids, self.send(starts).await),
         }
     }
 
-    /// Stores one event, honouring its idempotency id. Returns the stored event and whether
-    /// the id was a repeat.
-    async fn store_event(&self, event: NewEvent) -> Result<(EventRecord, bool), EngineError> {
-        let store = self.store();
-        let now = self.now();
-        let fresh_id = self.new_id(now);
-        let existing = match &event.id {
-            Some(key) => {
-                let until = later(now, self.limits().idempotency_window);
-                store
-                    .claim_idempotency_id(key, &fresh_id, now, until)
-                    .await?
-            }
-            None => None,
-        };
-        let duplicate = existing.is_some();
-        let record = EventRecord {
-            id: existing.unwrap_or(fresh_id),
+    /// The runs of the functions `event` triggers, with their start messages, for functions
+    /// that start unconditionally.
+    fn unconditional_runs(&self, event: &EventRecord) -> (Vec<RunRecord>, Vec<Envelope>) {
+        let mut runs = Vec::new();
+        let mut starts = Vec::new();
+        for function in self.registry().triggered_by(event) {
+            let run = self.new_run(
+                run_id_for(&event.id, &function.id),
+                function,
+                event.clone(),
+                None,
+            );
+            starts.extend(self.start_messages(function, &run, Duration::ZERO));
+            runs.push(run);
+        }
+        (runs, starts)
+    }
+
+    /// The event as stored, with `id`.
+    fn event_record(&self, event: NewEvent, id: String, now: DateTime<Utc>) -> EventRecord {
+        EventRecord {
+            id,
             name: event.name,
             data: if event.data.is_null() {
                 json!({})
@@ -440,14 +453,47 @@ impl Engine {
                 .unwrap_or_else(|| json!({})),
             v: event.v,
             idempotency_id: event.id,
+        }
+    }
+
+    /// Stores one event, honouring its idempotency id, and creates the runs it triggers.
+    /// Returns the stored event and the runs' start messages. When every function it triggers
+    /// starts a run unconditionally ([`starts_unconditionally`]), the event and its runs are
+    /// one store write.
+    async fn store_event(
+        &self,
+        event: NewEvent,
+    ) -> Result<(EventRecord, Vec<Envelope>), EngineError> {
+        let store = self.store();
+        let now = self.now();
+        let fresh_id = self.new_id(now);
+        let existing = match &event.id {
+            Some(key) => {
+                let until = later(now, self.limits().idempotency_window);
+                store
+                    .claim_idempotency_id(key, &fresh_id, now, until)
+                    .await?
+            }
+            None => None,
         };
+        let duplicate = existing.is_some();
+        let record = self.event_record(event, existing.unwrap_or(fresh_id), now);
         if duplicate {
             if let Some(stored) = store.get_event(&record.id).await? {
-                return Ok((stored, true));
+                let starts = self.create_runs(&stored, true).await?;
+                return Ok((stored, starts));
             }
         }
+        let functions: Vec<&Arc<Function>> = self.registry().triggered_by(&record).collect();
+        if functions.iter().all(|f| starts_unconditionally(f)) {
+            // Nothing to read or claim first: the event and its runs are one write.
+            let (runs, starts) = self.unconditional_runs(&record);
+            store.put_event_with_runs(&record, &runs).await?;
+            return Ok((record, starts));
+        }
         store.put_event(&record).await?;
-        Ok((record, duplicate))
+        let starts = self.create_runs(&record, duplicate).await?;
+        Ok((record, starts))
     }
 
     /// Creates the runs an event triggers (ids derived from the event, so a repeat creates
@@ -1442,6 +1488,16 @@ impl Engine {
         };
         Ulid::from_parts(now.timestamp_millis().max(0) as u64, random).to_string()
     }
+}
+
+/// A function whose run an event creates with no store state to consult or claim first: no
+/// idempotency key, debounce, rate limit, throttle or cancel index.
+fn starts_unconditionally(function: &Function) -> bool {
+    function.idempotency.is_none()
+        && function.cancel_on.is_empty()
+        && function.flow.debounce.is_none()
+        && function.flow.rate_limit.is_none()
+        && function.flow.throttle.is_none()
 }
 
 /// The run an event starts for a function: derived, so re-sending the event (or re-driving its

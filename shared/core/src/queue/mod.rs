@@ -28,4 +28,11 @@ pub trait Queue: Send + Sync + 'static {
     fn max_delay(&self) -> Duration {
         Duration::MAX
     }
+
+    /// How many messages the backend sends in one request (SQS: 10, `SendMessageBatch`'s
+    /// limit). The engine sends the starts of a batch of events as soon as this many are
+    /// ready; 1 (an in-process queue) sends each start as soon as its run is stored.
+    fn send_batch_size(&self) -> usize {
+        1
+    }
 }

@@ -64,6 +64,21 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_event(&self, event_id: &str) -> StoreResult<Option<EventRecord>>;
 
+    /// Stores an event and the runs it starts, each unless one with its id exists: what
+    /// [`Store::put_event`] and then [`Store::create_run`] for each run do, in one write where
+    /// the backend can (SQLite: one transaction). Never leaves a run without its event.
+    async fn put_event_with_runs(
+        &self,
+        event: &EventRecord,
+        runs: &[RunRecord],
+    ) -> StoreResult<()> {
+        self.put_event(event).await?;
+        for run in runs {
+            self.create_run(run).await?;
+        }
+        Ok(())
+    }
+
     // ---- runs ----
 
     /// Creates a run unless one with its id exists. True when written.
