@@ -164,3 +164,93 @@ async fn one_unreadable_run_is_reported_and_skipped_everywhere() {
     assert_eq!(outcome.unreadable, vec![bad]);
     drop(runtime);
 }
+
+/// A handler that has nothing cached reads the run and its journal together; what it cannot
+/// read is still told apart. A message for a run no version can read is dropped (delivering
+/// it again cannot help); one for a run with an unreadable step fails its delivery, so it is
+/// delivered again and, on AWS, reaches the dead-letter queue, which fails the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_drops_an_unreadable_run_and_fails_on_an_unreadable_step() {
+    const FIRST: baton::Step = baton::Step::new("first");
+    let registry = Registry::new()
+        .register(
+            Function::new("stepper")
+                .trigger("t/step")
+                .steps(&[FIRST])
+                .handler(|ctx: Ctx, _e: Event<Value>| async move {
+                    ctx.step(FIRST, async |_| Ok(json!(1))).await
+                }),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    let open = || Arc::new(SqliteStore::open(&path, Durability::Normal).unwrap());
+    let runtime = LocalRuntime::start(registry.clone(), open(), LocalOptions::default())
+        .await
+        .unwrap();
+    let mut run_ids = Vec::new();
+    for i in 0..2 {
+        let ids = runtime
+            .engine()
+            .send_events(vec![NewEvent::new("t/step", json!({"i": i}))])
+            .await
+            .unwrap();
+        let run = runtime
+            .engine()
+            .store()
+            .runs_for_event(&ids[0])
+            .await
+            .unwrap();
+        let run = runtime
+            .wait_for_run(&run[0].run_id, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(run.status, RunStatus::Completed);
+        run_ids.push(run.run_id);
+    }
+    drop(runtime);
+    let (bad_run, bad_step) = (&run_ids[0], &run_ids[1]);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE runs SET status = 'Running', ended_at = NULL, output = NULL WHERE run_id IN (?1, ?2)",
+        rusqlite::params![bad_run, bad_step],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE runs SET event = ?1 WHERE run_id = ?2",
+        rusqlite::params![too_deep(), bad_run],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE steps SET output = ?1 WHERE run_id = ?2",
+        rusqlite::params![too_deep(), bad_step],
+    )
+    .unwrap();
+    drop(conn);
+
+    // A fresh engine: nothing cached, as a Lambda that has not seen these runs.
+    let store = open();
+    let (queue, _receiver) = baton::queue::local::LocalQueue::new();
+    let engine = baton::Engine::new(
+        registry,
+        store.clone(),
+        Arc::new(queue),
+        baton::EngineConfig::default(),
+    );
+    let message = |run_id: &str| baton::model::Message {
+        run_id: run_id.to_owned(),
+        function_id: "stepper".into(),
+        kind: baton::model::MessageKind::Start,
+        not_before: None,
+    };
+    engine
+        .handle(message(bad_run))
+        .await
+        .expect("a message for an unreadable run is dropped");
+    let error = engine
+        .handle(message(bad_step))
+        .await
+        .expect_err("a message for a run with an unreadable step fails its delivery");
+    assert!(error.to_string().contains(bad_step), "{error}");
+    assert!(store.journal(bad_step).await.unwrap_err().is_corrupt());
+}

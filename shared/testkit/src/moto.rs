@@ -265,7 +265,9 @@ impl Deployment {
         }
     }
 
-    /// One consumer per queue, as Lambda's event source mapping runs them.
+    /// One consumer per queue, as Lambda's event source mapping runs them. Each is its own
+    /// engine instance ([`Engine::instance`]): a queue's Lambda function keeps its own journal
+    /// cache, and a step handled by another function's Lambda reads what it has not seen.
     pub async fn consume(&self, options: ConsumeOptions) -> Consumers {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Stats::default());
@@ -276,7 +278,7 @@ impl Deployment {
                     .await
                     .expect("queue attributes");
             trigger.visibility_timeout = options.visibility_timeout;
-            let engine = self.engine.clone();
+            let engine = self.engine.instance();
             let stop = stop.clone();
             let stats = stats.clone();
             let client = self.queue.client().clone();

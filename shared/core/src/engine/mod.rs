@@ -172,6 +172,29 @@ impl Engine {
         }
     }
 
+    /// Another handler process of the same deployment: the same registry, store, queue,
+    /// configuration and clock, with a journal cache of its own, as each Lambda function's
+    /// instances have theirs. Ids stay distinct (and reproducible under
+    /// [`EngineConfig::id_seed`]).
+    pub fn instance(&self) -> Engine {
+        let inner = &self.inner;
+        let ids = {
+            let mut parent = inner.ids.lock().unwrap_or_else(|p| p.into_inner());
+            rand::SeedableRng::from_rng(&mut *parent)
+        };
+        Engine {
+            inner: Arc::new(Inner {
+                registry: inner.registry.clone(),
+                store: inner.store.clone(),
+                queue: inner.queue.clone(),
+                journal_cache: JournalCache::new(inner.config.journal_cache_entries),
+                ids: std::sync::Mutex::new(ids),
+                clock: inner.clock,
+                config: inner.config.clone(),
+            }),
+        }
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
     }
@@ -784,7 +807,32 @@ impl Engine {
             return Ok(None);
         }
         let store = self.store();
-        let run = match store.get_run(&message.run_id).await {
+        // The cached final entries when this process has them (entries it lacks are read one
+        // by one as the replay reaches them). Without them, a message that replays the run
+        // reads the run and its whole journal together (one query on DynamoDB). A re-drive
+        // reads it all: it is rare and must see everything.
+        let cached = match message.kind {
+            MessageKind::Redrive => None,
+            _ => self.journal_cache().get(&message.run_id),
+        };
+        let replays = !matches!(message.kind, MessageKind::Deadline);
+        let read = match (&cached, replays) {
+            (None, true) => match store.run_with_journal(&message.run_id).await {
+                Ok(found) => Ok(found.map(|(run, journal)| (run, Some(journal)))),
+                // Read again one by one, so that an unreadable run is told apart from an
+                // unreadable step (which fails the delivery instead).
+                Err(e) if e.is_corrupt() => store
+                    .get_run(&message.run_id)
+                    .await
+                    .map(|r| r.map(|r| (r, None))),
+                Err(e) => Err(e),
+            },
+            _ => store
+                .get_run(&message.run_id)
+                .await
+                .map(|r| r.map(|r| (r, None))),
+        };
+        let run = match read {
             // A row no version of the engine can read (written by an older one, or changed
             // by hand): delivering again cannot help, and the run is reported by listings.
             Err(e) if e.is_corrupt() => {
@@ -793,7 +841,7 @@ impl Engine {
             }
             other => other?,
         };
-        let Some(mut run) = run else {
+        let Some((mut run, fetched)) = run else {
             tracing::warn!(run_id = %message.run_id, "message for an unknown run dropped");
             return Ok(None);
         };
@@ -842,17 +890,13 @@ impl Engine {
             store.transition_run(&run.run_id, &t).await?;
             run.status = RunStatus::Running;
         }
-        // The cached final entries when this process has them (entries it lacks are read one
-        // by one as the replay reaches them), else the whole journal.
-        // A re-drive (sweeper, recovery) reads it all: it is rare and must see everything.
-        let cached = match message.kind {
-            MessageKind::Redrive => None,
-            _ => self.journal_cache().get(&run.run_id),
-        };
-        let (mut journal, mut partial) = match cached {
-            Some(cached) => (cached, true),
-            None => {
-                let journal = store.journal(&run.run_id).await?;
+        let (mut journal, mut partial) = match (cached, fetched) {
+            (Some(cached), _) => (cached, true),
+            (None, fetched) => {
+                let journal = match fetched {
+                    Some(journal) => journal,
+                    None => store.journal(&run.run_id).await?,
+                };
                 self.journal_cache().remember(&run.run_id, &journal);
                 (journal, false)
             }
