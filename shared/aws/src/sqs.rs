@@ -13,9 +13,9 @@
 //! The client is built by the caller (region, credentials, HTTP client, endpoint): this module
 //! pulls in no HTTP or TLS stack of its own.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,7 +24,9 @@ use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use futures::StreamExt;
+use futures::future::join_all;
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
 
 use baton::error::QueueError;
 use baton::model::{Message, QueueName};
@@ -253,6 +255,17 @@ pub struct SqsQueue {
     client: Client,
     naming: Arc<QueueNaming>,
     batch_requests: Arc<AtomicU64>,
+    outboxes: Arc<Mutex<HashMap<String, Outbox>>>,
+}
+
+/// A queue's messages waiting for a `SendMessageBatch`. Sends to one queue share requests, as
+/// writes share a group commit: a send finding no request in flight starts one at once; sends
+/// arriving while one is in flight go together in the next (ten a request), so handlers of
+/// one Lambda batch that hand on at about the same time pay for one request, not one each.
+#[derive(Debug, Default)]
+struct Outbox {
+    in_flight: bool,
+    waiting: Vec<(Entry, oneshot::Sender<Result<(), String>>)>,
 }
 
 /// One message ready to go: its body and `DelaySeconds`.
@@ -269,6 +282,7 @@ impl SqsQueue {
             client,
             naming: Arc::new(naming),
             batch_requests: Arc::new(AtomicU64::new(0)),
+            outboxes: Arc::default(),
         }
     }
 
@@ -360,6 +374,89 @@ impl SqsQueue {
         Ok(url.to_owned())
     }
 
+    /// Queues `entries` in `url`'s outbox and waits until each went out (or failed). The
+    /// first sender to find no request in flight starts a task that sends what is waiting
+    /// until nothing is; a task, so that a sender dropped midway strands no one.
+    async fn send_coalesced(&self, name: String, url: String, entries: Vec<Entry>) -> Vec<String> {
+        let mut answers = Vec::with_capacity(entries.len());
+        let lead = {
+            let mut outboxes = lock(&self.outboxes);
+            let outbox = outboxes.entry(url.clone()).or_default();
+            for entry in entries {
+                let (tx, rx) = oneshot::channel();
+                outbox.waiting.push((entry, tx));
+                answers.push(rx);
+            }
+            !std::mem::replace(&mut outbox.in_flight, true)
+        };
+        if lead {
+            tokio::spawn(self.clone().drain(name, url));
+        }
+        let mut errors = Vec::new();
+        for answer in answers {
+            let error = match answer.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => "the sending task ended without an answer".to_owned(),
+            };
+            if !errors.contains(&error) {
+                errors.push(error);
+            }
+        }
+        errors
+    }
+
+    /// Sends `url`'s waiting messages, a few batches at once, until none wait.
+    async fn drain(self, name: String, url: String) {
+        // Dropped on the way out before the outbox is empty (a panic, a runtime shutting
+        // down): the outbox goes, so that its senders are answered (with an error) and the
+        // next send starts afresh. No other task sends for this queue meanwhile.
+        struct Abandon<'a>(&'a SqsQueue, &'a str, bool);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                if self.2 {
+                    lock(&self.0.outboxes).remove(self.1);
+                }
+            }
+        }
+        let mut abandon = Abandon(&self, &url, true);
+        loop {
+            let waiting = {
+                let mut outboxes = lock(&self.outboxes);
+                let outbox = outboxes.entry(url.clone()).or_default();
+                if outbox.waiting.is_empty() {
+                    outboxes.remove(&url);
+                    abandon.2 = false;
+                    return;
+                }
+                std::mem::take(&mut outbox.waiting)
+            };
+            let (entries, answers): (Vec<Entry>, Vec<_>) = waiting.into_iter().unzip();
+            let mut answers = answers.into_iter();
+            let chunks: Vec<(Vec<Entry>, Vec<_>)> = chunk_entries(entries)
+                .into_iter()
+                .map(|chunk| {
+                    let senders = answers.by_ref().take(chunk.len()).collect();
+                    (chunk, senders)
+                })
+                .collect();
+            futures::stream::iter(chunks)
+                .map(|(chunk, senders)| {
+                    let (name, url) = (&name, &url);
+                    let queue = &self;
+                    async move {
+                        let result = queue.send_chunk(name, url, &chunk).await;
+                        for sender in senders {
+                            let _ = sender.send(result.clone());
+                        }
+                    }
+                })
+                .buffer_unordered(CONCURRENT_BATCHES)
+                .collect::<()>()
+                .await;
+        }
+    }
+
     async fn send_chunk(&self, name: &str, url: &str, chunk: &[Entry]) -> Result<(), String> {
         let entries = chunk
             .iter()
@@ -394,6 +491,10 @@ impl SqsQueue {
             })?;
         check_batch_result(name, chunk, &out)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A queue's ARN (`GetQueueAttributes`).
@@ -511,7 +612,8 @@ fn chunk_entries(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
 
 #[async_trait]
 impl Queue for SqsQueue {
-    /// One `SendMessageBatch` per ten messages of a queue, a few in flight at once. Every batch
+    /// One `SendMessageBatch` per ten messages of a queue, a few in flight at once, shared with
+    /// the sends to the same queue that wait for a request in flight ([`Outbox`]). Every batch
     /// is tried; any failure (a request error, or entries SQS lists as failed) fails the call
     /// with every reason, and the caller delivers its message again (messages that did go out
     /// are then sent twice, which the engine tolerates).
@@ -524,20 +626,15 @@ impl Queue for SqsQueue {
                 delay_seconds: delay_seconds(delay),
             });
         }
-        let mut jobs = Vec::new();
-        for (q, entries) in by_queue {
+        let errors: Vec<String> = join_all(by_queue.into_iter().map(|(q, entries)| {
             let name = self.naming.name(&q);
             let url = self.naming.url_of(&name);
-            for chunk in chunk_entries(entries) {
-                jobs.push((name.clone(), url.clone(), chunk));
-            }
-        }
-        let errors: Vec<String> = futures::stream::iter(jobs)
-            .map(|(name, url, chunk)| async move { self.send_chunk(&name, &url, &chunk).await })
-            .buffer_unordered(CONCURRENT_BATCHES)
-            .filter_map(|r| async move { r.err() })
-            .collect()
-            .await;
+            self.send_coalesced(name, url, entries)
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
         if errors.is_empty() {
             Ok(())
         } else {

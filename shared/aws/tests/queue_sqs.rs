@@ -334,6 +334,85 @@ async fn sends_in_batches_of_ten_and_receives_every_message() {
     h.cleanup().await;
 }
 
+/// Sends to one queue made while a request to it is in flight share the next request: 30
+/// handlers handing on at once (one message each) make at most 4 `SendMessageBatch`
+/// requests, not 30, and every message arrives once. Sends to different queues do not wait
+/// for each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_to_a_queue_share_requests() {
+    let h = harness().await;
+    let (q, other) = (step_queue("fan", "hop"), step_queue("fan", "other"));
+    h.queue
+        .create_queues(&[q.clone(), other.clone()], false)
+        .await
+        .unwrap();
+    let sent: Vec<Message> = (0..30).map(|i| step_message(i, "fan", "hop", 1)).collect();
+    let results = futures::future::join_all(
+        sent.iter()
+            .map(|m| h.queue.send(vec![now_envelope(m.clone())])),
+    )
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let requests = h.queue.batch_requests();
+    assert!(
+        (3..=4).contains(&requests),
+        "30 sends made {requests} requests"
+    );
+    let got = h
+        .receive(&h.queue.queue_url(&q), 30, Duration::from_secs(20))
+        .await;
+    assert_eq!(as_set(&got), as_set(&sent));
+    assert!(h.receive_now(&h.queue.queue_url(&q)).await.is_empty());
+
+    // Once the queue's requests are done, the next send goes out on its own, and a send to
+    // another queue is not held back by them.
+    let alone = step_message(99, "fan", "other", 1);
+    h.queue
+        .send(vec![now_envelope(alone.clone())])
+        .await
+        .unwrap();
+    assert_eq!(h.queue.batch_requests(), requests + 1);
+    let got = h
+        .receive(&h.queue.queue_url(&other), 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(got, vec![alone]);
+    h.cleanup().await;
+}
+
+/// A send whose request fails answers every message in it with the error, also those that
+/// joined it from other senders, and the next send starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_shared_request_fails_every_sender_in_it() {
+    let h = harness().await;
+    let missing = step_queue("gone", "hop");
+    let sent: Vec<Message> = (0..12).map(|i| step_message(i, "gone", "hop", 1)).collect();
+    let results = futures::future::join_all(
+        sent.iter()
+            .map(|m| h.queue.send(vec![now_envelope(m.clone())])),
+    )
+    .await;
+    for result in &results {
+        let error = result
+            .as_ref()
+            .expect_err("the queue does not exist")
+            .to_string();
+        assert!(error.contains("create the queues"), "{error}");
+    }
+    h.queue
+        .create_queues(std::slice::from_ref(&missing), false)
+        .await
+        .unwrap();
+    h.queue
+        .send(vec![now_envelope(sent[0].clone())])
+        .await
+        .expect("a later send works");
+    let got = h
+        .receive(&h.queue.queue_url(&missing), 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(got, vec![sent[0].clone()]);
+    h.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_delayed_message_is_not_visible_at_once_and_arrives_later() {
     let h = harness().await;
