@@ -43,19 +43,14 @@ async fn get(router: &axum::Router, uri: &str) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_unreadable_run_is_reported_and_skipped_everywhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("baton.db");
-    let open = || Arc::new(SqliteStore::open(&path, Durability::Normal).unwrap());
-    let runtime = LocalRuntime::start(registry(), open(), LocalOptions::default())
-        .await
-        .unwrap();
+/// Sends `n` events named `name`, one at a time, and returns the ids of their runs, each
+/// waited for until it completed.
+async fn completed_runs(runtime: &LocalRuntime, name: &str, n: usize) -> Vec<String> {
     let mut run_ids = Vec::new();
-    for i in 0..3 {
+    for i in 0..n {
         let ids = runtime
             .engine()
-            .send_events(vec![NewEvent::new("t/echo", json!({"i": i}))])
+            .send_events(vec![NewEvent::new(name, json!({"i": i}))])
             .await
             .unwrap();
         let run = runtime
@@ -71,6 +66,18 @@ async fn one_unreadable_run_is_reported_and_skipped_everywhere() {
         assert_eq!(run.status, RunStatus::Completed);
         run_ids.push(run.run_id);
     }
+    run_ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unreadable_run_is_reported_and_skipped_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    let open = || Arc::new(SqliteStore::open(&path, Durability::Normal).unwrap());
+    let runtime = LocalRuntime::start(registry(), open(), LocalOptions::default())
+        .await
+        .unwrap();
+    let run_ids = completed_runs(&runtime, "t/echo", 3).await;
     drop(runtime);
 
     // What an older version could write: a row whose event copy and output no parser reads,
@@ -188,26 +195,7 @@ async fn a_handler_drops_an_unreadable_run_and_fails_on_an_unreadable_step() {
     let runtime = LocalRuntime::start(registry.clone(), open(), LocalOptions::default())
         .await
         .unwrap();
-    let mut run_ids = Vec::new();
-    for i in 0..2 {
-        let ids = runtime
-            .engine()
-            .send_events(vec![NewEvent::new("t/step", json!({"i": i}))])
-            .await
-            .unwrap();
-        let run = runtime
-            .engine()
-            .store()
-            .runs_for_event(&ids[0])
-            .await
-            .unwrap();
-        let run = runtime
-            .wait_for_run(&run[0].run_id, Duration::from_secs(30))
-            .await
-            .unwrap();
-        assert_eq!(run.status, RunStatus::Completed);
-        run_ids.push(run.run_id);
-    }
+    let run_ids = completed_runs(&runtime, "t/step", 2).await;
     drop(runtime);
     let (bad_run, bad_step) = (&run_ids[0], &run_ids[1]);
     let conn = rusqlite::Connection::open(&path).unwrap();
