@@ -507,8 +507,11 @@ impl Engine {
                 return Ok((stored, starts));
             }
         }
-        let functions: Vec<&Arc<Function>> = self.registry().triggered_by(&record).collect();
-        if functions.iter().all(|f| starts_unconditionally(f)) {
+        if self
+            .registry()
+            .triggered_by(&record)
+            .all(|f| starts_unconditionally(f))
+        {
             // Nothing to read or claim first: the event and its runs are one write.
             let (runs, starts) = self.unconditional_runs(&record);
             store.put_event_with_runs(&record, &runs).await?;
