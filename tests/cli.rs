@@ -53,6 +53,14 @@ impl DevServer {
         }
     }
 
+    /// `baton send` of an order with `data` (no keys): the id of the process-order run it
+    /// started.
+    fn order_run(&self, data: &str) -> String {
+        self.baton(&["send", ORDER, "--data", data], &[])
+            .ok()
+            .id_after("run", "process-order")
+    }
+
     /// Runs `baton ARGS --url <this server>` with only the given BATON_* variables.
     fn baton(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
@@ -238,13 +246,7 @@ fn follow_on_a_running_podcast_shows_each_stage_up_to_100() {
 #[test]
 fn follow_exits_non_zero_with_the_error_when_the_run_fails() {
     let server = DevServer::start(&[]);
-    let sent = server
-        .baton(
-            &["send", ORDER, "--data", r#"{"order_id":"o-2","items":[]}"#],
-            &[],
-        )
-        .ok();
-    let run_id = sent.id_after("run", "process-order");
+    let run_id = server.order_run(r#"{"order_id":"o-2","items":[]}"#);
     let follow = server
         .baton(&["run", &run_id, "--follow", "--interval", "100ms"], &[])
         .failed();
@@ -266,13 +268,7 @@ fn follow_exits_non_zero_with_the_error_when_the_run_fails() {
 #[test]
 fn runs_cancel_replay_and_bulk_replay() {
     let server = DevServer::start(&[]);
-    let failed = server
-        .baton(
-            &["send", ORDER, "--data", r#"{"order_id":"bad","items":[]}"#],
-            &[],
-        )
-        .ok()
-        .id_after("run", "process-order");
+    let failed = server.order_run(r#"{"order_id":"bad","items":[]}"#);
     let sleeping = server
         .baton(
             &[
@@ -546,30 +542,8 @@ fn deploy_check_restart_from_a_step_and_a_removed_function() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("baton.db");
     let server = DevServer::start_on(&db, &[]);
-    let done = server
-        .baton(
-            &[
-                "send",
-                ORDER,
-                "--data",
-                r#"{"order_id":"ok","items":["a"]}"#,
-            ],
-            &[],
-        )
-        .ok()
-        .id_after("run", "process-order");
-    let sleeping = server
-        .baton(
-            &[
-                "send",
-                ORDER,
-                "--data",
-                r#"{"order_id":"slow","items":["a"],"cool_down_s":3600}"#,
-            ],
-            &[],
-        )
-        .ok()
-        .id_after("run", "process-order");
+    let done = server.order_run(r#"{"order_id":"ok","items":["a"]}"#);
+    let sleeping = server.order_run(r#"{"order_id":"slow","items":["a"],"cool_down_s":3600}"#);
     server.baton(&["run", &done, "--follow"], &[]).ok();
 
     // Every unfinished run replays under this build: exit 0.

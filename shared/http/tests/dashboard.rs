@@ -96,6 +96,15 @@ struct Reply {
 }
 
 impl Reply {
+    /// The run a redirect to `/runs/{id}?…` names.
+    fn redirected_run(&self) -> String {
+        self.location()["/runs/".len()..]
+            .split('?')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
     fn location(&self) -> &str {
         self.headers
             .get(header::LOCATION)
@@ -596,11 +605,7 @@ async fn send_cancel_replay_and_bulk_replay_from_the_forms() {
         .post_form(&format!("/runs/{failed}/replay"), &[], &[])
         .await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
-    let new_run = reply.location()["/runs/".len()..]
-        .split('?')
-        .next()
-        .unwrap()
-        .to_string();
+    let new_run = reply.redirected_run();
     assert_ne!(new_run, failed);
     let replayed = dash.finish(&new_run).await;
     assert_eq!(replayed.replay_of.as_deref(), Some(failed.as_str()));
@@ -625,11 +630,7 @@ async fn send_cancel_replay_and_bulk_replay_from_the_forms() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text);
-    let restarted = reply.location()["/runs/".len()..]
-        .split('?')
-        .next()
-        .unwrap()
-        .to_string();
+    let restarted = reply.redirected_run();
     let run = dash.finish(&restarted).await;
     assert_eq!(run.replay_of.as_deref(), Some(failed.as_str()));
     assert_eq!(run.replay_from.as_deref(), Some("boom"));

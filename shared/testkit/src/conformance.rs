@@ -199,6 +199,11 @@ async fn create(store: &dyn Store, run: &RunRecord) {
     );
 }
 
+/// The journal's step ids, in its order.
+fn step_ids(journal: &[StepRecord]) -> Vec<&str> {
+    journal.iter().map(|s| s.step_id.as_str()).collect()
+}
+
 fn ids(runs: &[RunSummary]) -> Vec<String> {
     runs.iter().map(|r| r.run_id.clone()).collect()
 }
@@ -1283,13 +1288,7 @@ pub async fn run_with_journal(store: &dyn Store) {
     assert_eq!(run.output, Some(json!({"text": big})));
     let apart = store.journal(&run_id).await.unwrap();
     assert_eq!(journal, apart);
-    assert_eq!(
-        journal
-            .iter()
-            .map(|s| s.step_id.as_str())
-            .collect::<Vec<_>>(),
-        ["a", "b", "c"]
-    );
+    assert_eq!(step_ids(&journal), ["a", "b", "c"]);
     assert_eq!(journal[0].output, done.output);
 }
 
@@ -1327,13 +1326,7 @@ pub async fn record_step(store: &dyn Store) {
         },
         done
     );
-    assert_eq!(
-        journal
-            .iter()
-            .map(|s| s.step_id.as_str())
-            .collect::<Vec<_>>(),
-        ["a", "b", "c"]
-    );
+    assert_eq!(step_ids(&journal), ["a", "b", "c"]);
     for planned in [&b, &c] {
         assert_eq!(
             found(&planned.step_id).as_ref(),
