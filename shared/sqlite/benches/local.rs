@@ -3,12 +3,15 @@
 //!
 //! ```text
 //! cargo bench -p baton --bench local -- [--runs N] [--durability full|normal|both]
-//!     [--concurrency C] [--batch B] [--sequential S]
+//!     [--concurrency C] [--batch B] [--in-flight K] [--sequential S]
 //! ```
 //!
 //! Two scenarios per durability setting, each on a fresh database in a temp dir:
 //! - load: `--runs` events sent in batches of `--batch` through `Engine::send_events`, each
 //!   starting a run of a function with 10 sequential steps, handled `--concurrency` at a time;
+//! - steady: `--runs` runs with `--in-flight` of them going at any time, as that many clients
+//!   would send them: each event in its own `send_events` call, the next one as soon as a run
+//!   ends (its terminal transition is committed), handled `--concurrency` at a time;
 //! - sequential: `--sequential` runs one after another (the next event is sent once the
 //!   previous run has ended), for the unloaded step-to-step latency.
 //!
@@ -59,11 +62,13 @@ struct Options {
     durabilities: Vec<Durability>,
     concurrency: usize,
     batch: usize,
+    /// Runs kept going at once in the steady scenario (0 skips it).
+    in_flight: usize,
     sequential: usize,
 }
 
 const USAGE: &str = "usage: cargo bench -p baton --bench local -- [--runs N] \
-[--durability full|normal|both] [--concurrency C] [--batch B] [--sequential S]";
+[--durability full|normal|both] [--concurrency C] [--batch B] [--in-flight K] [--sequential S]";
 
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
@@ -71,6 +76,7 @@ fn parse_args() -> Result<Options, String> {
         durabilities: vec![Durability::Full, Durability::Normal],
         concurrency: 50,
         batch: 100,
+        in_flight: 50,
         sequential: 50,
     };
     let mut args = std::env::args().skip(1);
@@ -101,6 +107,7 @@ fn parse_args() -> Result<Options, String> {
             "--runs" => options.runs = number(value()?)?,
             "--concurrency" => options.concurrency = number(value()?)?.max(1),
             "--batch" => options.batch = number(value()?)?.max(1),
+            "--in-flight" => options.in_flight = number(value()?)?,
             "--sequential" => options.sequential = number(value()?)?,
             "--durability" => {
                 let v = value()?;
@@ -173,6 +180,8 @@ impl OpStats {
 struct TimedStore {
     inner: SqliteStore,
     stats: Arc<OpStats>,
+    /// Told the id of every run whose terminal transition this store committed.
+    ended: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 macro_rules! timed {
@@ -227,7 +236,11 @@ impl Store for TimedStore {
         timed!(self, "get_run", self.inner.get_run(run_id))
     }
     async fn transition_run(&self, run_id: &str, t: &RunTransition) -> StoreResult<bool> {
-        timed!(self, "transition_run", self.inner.transition_run(run_id, t))
+        let moved = timed!(self, "transition_run", self.inner.transition_run(run_id, t))?;
+        if let Some(ended) = self.ended.as_ref().filter(|_| moved && t.to.is_terminal()) {
+            let _ = ended.send(run_id.to_string());
+        }
+        Ok(moved)
     }
     async fn set_progress(&self, run_id: &str, progress: &Progress) -> StoreResult<bool> {
         timed!(
@@ -299,6 +312,21 @@ impl Store for TimedStore {
     }
     async fn record_step(&self, step: &StepRecord, next: &[StepRecord]) -> StoreResult<bool> {
         timed!(self, "record_step", self.inner.record_step(step, next))
+    }
+    async fn record_step_and_end(
+        &self,
+        step: &StepRecord,
+        end: &RunTransition,
+    ) -> StoreResult<bool> {
+        let recorded = timed!(
+            self,
+            "record_step_and_end",
+            self.inner.record_step_and_end(step, end)
+        )?;
+        if let Some(ended) = self.ended.as_ref().filter(|_| recorded) {
+            let _ = ended.send(step.run_id.clone());
+        }
+        Ok(recorded)
     }
     async fn retry_step(
         &self,
@@ -423,6 +451,8 @@ fn fmt_us(us: Option<u64>) -> String {
 enum Mode {
     /// All runs sent at once (in batches), handled concurrently.
     Load,
+    /// A fixed number of runs going at once, each event sent on its own.
+    Steady,
     /// One run at a time.
     Sequential,
 }
@@ -473,12 +503,14 @@ async fn scenario(
     let db_path = dir.path().join("baton.db");
     let raw = SqliteStore::open(&db_path, durability).map_err(|e| e.to_string())?;
     let stats = Arc::new(OpStats::default());
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
     let store = TimedStore {
         inner: raw.clone(),
         stats: stats.clone(),
+        ended: (mode == Mode::Steady).then_some(ended_tx),
     };
     let concurrency = match mode {
-        Mode::Load => options.concurrency,
+        Mode::Load | Mode::Steady => options.concurrency,
         Mode::Sequential => LocalOptions::default().concurrency,
     };
     let local = LocalOptions {
@@ -545,6 +577,47 @@ async fn scenario(
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        Mode::Steady => {
+            // Each send is its own task, so the driver frees a slot the moment a run ends.
+            let mut sends = tokio::task::JoinSet::new();
+            let send = |sends: &mut tokio::task::JoinSet<_>, n: usize| {
+                let engine = engine.clone();
+                sends.spawn(async move {
+                    let at = engine.now();
+                    let ids = engine
+                        .send_events(vec![NewEvent::new(EVENT, json!({"n": n}))])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((run_id_for(&ids[0], FUNCTION), at))
+                });
+            };
+            while n < runs.min(options.in_flight.max(1)) {
+                send(&mut sends, n);
+                n += 1;
+            }
+            let mut ended_runs = 0usize;
+            while ended_runs < runs {
+                tokio::select! {
+                    Some(_) = ended.recv() => {
+                        ended_runs += 1;
+                        if n < runs {
+                            send(&mut sends, n);
+                            n += 1;
+                        }
+                    }
+                    Some(sent_one) = sends.join_next() => {
+                        sent.push(sent_one.map_err(|e| e.to_string())??);
+                    }
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                        eprintln!("warning: runs still going after 600 s; reporting what ended");
+                        break;
+                    }
+                }
+            }
+            while let Some(sent_one) = sends.join_next().await {
+                sent.push(sent_one.map_err(|e| e.to_string())??);
+            }
+        }
         Mode::Sequential => {
             while n < runs {
                 let at = engine.now();
@@ -587,6 +660,7 @@ async fn scenario(
     let mut report = Report {
         title: match mode {
             Mode::Load => format!("load/{durability}"),
+            Mode::Steady => format!("steady{}/{durability}", options.in_flight.max(1)),
             Mode::Sequential => format!("seq/{durability}"),
         },
         durability,
@@ -952,8 +1026,14 @@ fn main() {
     );
     println!(
         "  load: {} runs sent in batches of {} via Engine::send_events, handler concurrency {}; \
+         steady: {} runs, {} going at once, one event per send_events call; \
          sequential: {} runs one at a time",
-        options.runs, options.batch, options.concurrency, options.sequential
+        options.runs,
+        options.batch,
+        options.concurrency,
+        options.runs,
+        options.in_flight,
+        options.sequential
     );
     println!(
         "  {cores} cores, tokio multi-thread runtime with {cores} workers; load average {}",
@@ -986,6 +1066,14 @@ fn main() {
     for &durability in &options.durabilities {
         for (mode, runs) in [
             (Mode::Load, options.runs),
+            (
+                Mode::Steady,
+                if options.in_flight > 0 {
+                    options.runs
+                } else {
+                    0
+                },
+            ),
             (Mode::Sequential, options.sequential),
         ] {
             if runs == 0 {
@@ -1012,7 +1100,8 @@ fn main() {
     );
     println!(
         "event -> 1st step: first step's started_at minus the start of its send_events call \
-         (load: includes storing the events ahead of it in its batch: event -> run created); \
+         (load: includes storing the events ahead of it in its batch: event -> run created; \
+         steady: each event is its own call); \
          run created -> 1st step: from the run's started_at, set as its event is stored."
     );
     println!(

@@ -755,29 +755,8 @@ impl Store for SqliteStore {
     }
 
     async fn transition_run(&self, run_id: &str, t: &RunTransition) -> StoreResult<bool> {
-        if t.from.is_empty() {
-            return Ok(false);
-        }
-        let mut values: Vec<SqlValue> = vec![
-            SqlValue::Text(t.to.as_str().to_owned()),
-            opt_ts(t.ended_at).map_or(SqlValue::Null, SqlValue::Text),
-            opt_json(t.output.as_ref())?.map_or(SqlValue::Null, SqlValue::Text),
-            opt_json(t.error.as_ref())?.map_or(SqlValue::Null, SqlValue::Text),
-            SqlValue::Text(run_id.to_owned()),
-        ];
-        values.extend(t.from.iter().map(|s| SqlValue::Text(s.as_str().to_owned())));
-        let from = vec!["?"; t.from.len()].join(", ");
-        let sql = format!(
-            "UPDATE runs SET status = ?1, ended_at = ?2, output = ?3, error = ?4
-             WHERE run_id = ?5 AND status IN ({from})"
-        );
-        self.write(move |conn| {
-            Ok(conn
-                .exec_cached(&sql, params_from_iter(values))
-                .map_err(backend)?
-                == 1)
-        })
-        .await
+        let transition = TransitionSql::new(run_id, t)?;
+        self.write(move |conn| transition.apply(conn)).await
     }
 
     async fn set_progress(&self, run_id: &str, progress: &Progress) -> StoreResult<bool> {
@@ -901,6 +880,20 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn start_run_with_step(
+        &self,
+        step: &StepRecord,
+        start: &RunTransition,
+    ) -> StoreResult<bool> {
+        let row = StepRow::of(step)?;
+        let transition = TransitionSql::new(&step.run_id, start)?;
+        self.write(move |conn| {
+            transition.apply(conn)?;
+            insert_step(conn, &row, "ON CONFLICT DO NOTHING")
+        })
+        .await
+    }
+
     async fn begin_attempt(
         &self,
         step: &StepRecord,
@@ -987,20 +980,28 @@ impl Store for SqliteStore {
             .map(StepRow::of)
             .collect::<StoreResult<Vec<_>>>()?;
         self.write(move |conn| {
-            let recorded = insert_step(
-                conn,
-                &row,
-                &format!(
-                    "ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,
-                     attempts = excluded.attempts, started_at = COALESCE(started_at, excluded.started_at),
-                     ended_at = excluded.ended_at, output = excluded.output, error = excluded.error
-                     WHERE status NOT IN {FINAL_STEP}"
-                ),
-            )?;
+            let recorded = insert_step(conn, &row, &record_on_conflict())?;
             if recorded {
                 for row in &next {
                     insert_step(conn, row, "ON CONFLICT DO NOTHING")?;
                 }
+            }
+            Ok(recorded)
+        })
+        .await
+    }
+
+    async fn record_step_and_end(
+        &self,
+        step: &StepRecord,
+        end: &RunTransition,
+    ) -> StoreResult<bool> {
+        let row = StepRow::of(step)?;
+        let transition = TransitionSql::new(&step.run_id, end)?;
+        self.write(move |conn| {
+            let recorded = insert_step(conn, &row, &record_on_conflict())?;
+            if recorded {
+                transition.apply(conn)?;
             }
             Ok(recorded)
         })
@@ -1201,6 +1202,58 @@ impl StepRow {
 
 /// Inserts a step row; `on_conflict` says what an existing row gets. True when a row was
 /// written (inserted, or updated by the conflict clause).
+/// A step's result over whatever the journal holds for it, unless that is final already.
+fn record_on_conflict() -> String {
+    format!(
+        "ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,
+         attempts = excluded.attempts, started_at = COALESCE(started_at, excluded.started_at),
+         ended_at = excluded.ended_at, output = excluded.output, error = excluded.error
+         WHERE status NOT IN {FINAL_STEP}"
+    )
+}
+
+/// A run's status change, only from one of `t.from`, as an UPDATE built off the writer thread.
+struct TransitionSql {
+    sql: String,
+    values: Vec<SqlValue>,
+    /// False when `t.from` is empty: nothing to change.
+    applies: bool,
+}
+
+impl TransitionSql {
+    fn new(run_id: &str, t: &RunTransition) -> StoreResult<TransitionSql> {
+        let mut values: Vec<SqlValue> = vec![
+            SqlValue::Text(t.to.as_str().to_owned()),
+            opt_ts(t.ended_at).map_or(SqlValue::Null, SqlValue::Text),
+            opt_json(t.output.as_ref())?.map_or(SqlValue::Null, SqlValue::Text),
+            opt_json(t.error.as_ref())?.map_or(SqlValue::Null, SqlValue::Text),
+            SqlValue::Text(run_id.to_owned()),
+        ];
+        values.extend(t.from.iter().map(|s| SqlValue::Text(s.as_str().to_owned())));
+        let from = vec!["?"; t.from.len()].join(", ");
+        let sql = format!(
+            "UPDATE runs SET status = ?1, ended_at = ?2, output = ?3, error = ?4
+             WHERE run_id = ?5 AND status IN ({from})"
+        );
+        Ok(TransitionSql {
+            sql,
+            values,
+            applies: !t.from.is_empty(),
+        })
+    }
+
+    /// True when applied (never with an empty `from`).
+    fn apply(&self, conn: &rusqlite::Connection) -> StoreResult<bool> {
+        if !self.applies {
+            return Ok(false);
+        }
+        Ok(conn
+            .exec_cached(&self.sql, params_from_iter(self.values.iter()))
+            .map_err(backend)?
+            == 1)
+    }
+}
+
 fn insert_step(conn: &rusqlite::Connection, row: &StepRow, on_conflict: &str) -> StoreResult<bool> {
     let n = conn
         .exec_cached(

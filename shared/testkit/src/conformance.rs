@@ -53,10 +53,12 @@ where
         runs_for_event,
         journal_order,
         plan_step_if_absent,
+        start_run_with_step,
         begin_attempt,
         retry_step,
         finish_step,
         record_step,
+        record_step_and_end,
         run_with_journal,
         runs_do_not_interfere,
         entries_conditions,
@@ -1085,6 +1087,59 @@ pub async fn journal_order(store: &dyn Store) {
 }
 
 /// `plan_step` writes only when absent; a full record round-trips.
+/// `start_run_with_step` moves the run on (only from its `from`) and plans the step (only
+/// when absent), each as if on its own.
+pub async fn start_run_with_step(store: &dyn Store) {
+    let run_id = new_id();
+    create(store, &run(&run_id, "fn-a", "ev-1", t0())).await;
+    let start = RunTransition {
+        from: vec![RunStatus::Queued],
+        to: RunStatus::Running,
+        ended_at: None,
+        output: None,
+        error: None,
+    };
+    let first = StepRecord {
+        status: StepStatus::Running,
+        attempts: 1,
+        started_at: Some(at(1)),
+        ..step(&run_id, "a", 0)
+    };
+    assert!(store.start_run_with_step(&first, &start).await.unwrap());
+    let started = get_run(store, &run_id).await;
+    assert_eq!(
+        (started.status, started.ended_at),
+        (RunStatus::Running, None)
+    );
+    assert_eq!(get_step(store, &run_id, "a").await, first);
+
+    // Again (a duplicate start): the step stays as planned, the run Running.
+    let again = StepRecord {
+        attempts: 2,
+        ..first.clone()
+    };
+    assert!(!store.start_run_with_step(&again, &start).await.unwrap());
+    assert_eq!(get_step(store, &run_id, "a").await, first);
+    assert_eq!(get_run(store, &run_id).await.status, RunStatus::Running);
+
+    // A run cancelled meanwhile stays cancelled; the step is still planned, as plan_step would.
+    let cancelled = new_id();
+    create(store, &run(&cancelled, "fn-a", "ev-2", t0())).await;
+    assert!(
+        store
+            .transition_run(&cancelled, &finish_to(RunStatus::Cancelled, None, None))
+            .await
+            .unwrap()
+    );
+    let step_b = step(&cancelled, "b", 0);
+    assert!(store.start_run_with_step(&step_b, &start).await.unwrap());
+    assert_eq!(
+        get_run(store, &cancelled).await.status,
+        RunStatus::Cancelled
+    );
+    assert_eq!(get_step(store, &cancelled, "b").await, step_b);
+}
+
 pub async fn plan_step_if_absent(store: &dyn Store) {
     let run_id = new_id();
     let full = StepRecord {
@@ -1290,6 +1345,92 @@ pub async fn run_with_journal(store: &dyn Store) {
     assert_eq!(journal, apart);
     assert_eq!(step_ids(&journal), ["a", "b", "c"]);
     assert_eq!(journal[0].output, done.output);
+}
+
+/// `record_step_and_end` journals a run's last step and ends the run; a repeat (a duplicate
+/// delivery) changes neither, and the transition still applies only from its `from`.
+pub async fn record_step_and_end(store: &dyn Store) {
+    let run_id = new_id();
+    create(store, &run(&run_id, "fn-a", "ev-1", t0())).await;
+    let end = |output: serde_json::Value| RunTransition {
+        from: vec![RunStatus::Running],
+        ..finish_to(RunStatus::Completed, Some(output), None)
+    };
+    // Queued: the step is journaled, the run is not Running so it does not end.
+    let first = StepRecord {
+        status: StepStatus::Completed,
+        attempts: 1,
+        started_at: Some(at(1)),
+        ended_at: Some(at(2)),
+        output: Some(json!({"n": 1})),
+        ..step(&run_id, "a", 0)
+    };
+    assert!(
+        store
+            .record_step_and_end(&first, &end(json!(1)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(get_run(store, &run_id).await.status, RunStatus::Queued);
+    assert_eq!(get_step(store, &run_id, "a").await, first);
+
+    assert!(
+        store
+            .transition_run(
+                &run_id,
+                &RunTransition {
+                    from: vec![RunStatus::Queued],
+                    to: RunStatus::Running,
+                    ended_at: None,
+                    output: None,
+                    error: None,
+                }
+            )
+            .await
+            .unwrap()
+    );
+    // A step planned and started, then recorded with the run's end.
+    let last = step(&run_id, "b", 1);
+    plan(store, &last).await;
+    assert!(store.begin_attempt(&last, 1, at(3)).await.unwrap());
+    let done = StepRecord {
+        status: StepStatus::Completed,
+        attempts: 1,
+        started_at: Some(at(3)),
+        ended_at: Some(at(4)),
+        output: Some(json!({"n": 2})),
+        ..last.clone()
+    };
+    assert!(
+        store
+            .record_step_and_end(&done, &end(json!({"out": 2})))
+            .await
+            .unwrap()
+    );
+    let ended = get_run(store, &run_id).await;
+    assert_eq!(
+        (ended.status, ended.output, ended.ended_at),
+        (RunStatus::Completed, Some(json!({"out": 2})), Some(at(60)))
+    );
+    assert_eq!(get_step(store, &run_id, "b").await, done);
+    assert_eq!(step_ids(&store.journal(&run_id).await.unwrap()), ["a", "b"]);
+
+    // Again with another result: neither the step nor the run changes.
+    let other = StepRecord {
+        output: Some(json!({"n": 3})),
+        ..done.clone()
+    };
+    assert!(
+        !store
+            .record_step_and_end(&other, &end(json!({"out": 3})))
+            .await
+            .unwrap()
+    );
+    assert_eq!(get_step(store, &run_id, "b").await, done);
+    assert_eq!(
+        get_run(store, &run_id).await.output,
+        Some(json!({"out": 2}))
+    );
 }
 
 pub async fn record_step(store: &dyn Store) {

@@ -24,8 +24,8 @@ use crate::function::{
     Event, FUNCTION_FINISHED, FUNCTION_INVOKED, Function, INVOKE_META, Invoke, Matching, Step, Wait,
 };
 use crate::model::{
-    ErrorInfo, Message, MessageKind, Progress, RunRecord, StepKind, StepOutcome, StepRecord,
-    StepStatus,
+    ErrorInfo, Message, MessageKind, Progress, RunRecord, RunTransition, StepKind, StepOutcome,
+    StepRecord, StepStatus,
 };
 
 /// The longest progress message kept (bytes).
@@ -98,6 +98,10 @@ struct Inner {
     /// The step the message is about (its target, or the sleep it woke): a replay that does
     /// not reach it is not deterministic. (With a partial journal, this is what catches it.)
     expected: Option<String>,
+    /// The run's start (Queued to Running), not written yet: the pass's first write makes it
+    /// first ([`Ctx::ensure_started`]); when the pass writes nothing, the engine writes it with
+    /// what the pass leads to ([`PassResult::start`]).
+    start: tokio::sync::Mutex<Option<RunTransition>>,
     now: DateTime<Utc>,
     /// A dry replay ([`Engine::check_run`]): no step body runs, nothing is read or written;
     /// whatever would act blocks instead.
@@ -178,6 +182,8 @@ pub(crate) struct PassResult {
     /// Another handler had recorded the target step: the pass went on with an output that is
     /// not the journal's, and must be replayed.
     pub lost: bool,
+    /// The run's deferred start ([`Ctx::deferring_start`]), still to be written.
+    pub start: Option<RunTransition>,
 }
 
 impl Ctx {
@@ -239,6 +245,7 @@ impl Ctx {
                 partial,
                 target,
                 expected,
+                start: tokio::sync::Mutex::new(None),
                 now,
                 dry,
                 wake: Arc::new(Notify::new()),
@@ -247,6 +254,30 @@ impl Ctx {
             scope: String::new(),
             branches: Arc::new(AtomicU32::new(0)),
         }
+    }
+
+    /// This context's run is Queued and starts with this pass: `start` (its move to Running) is
+    /// written before the pass's first write, or, when the pass writes nothing, left to the
+    /// engine, which folds it into the write that plans the run's first step.
+    pub(crate) fn deferring_start(mut self, start: RunTransition) -> Ctx {
+        let inner = Arc::get_mut(&mut self.inner).expect("a context not shared yet");
+        *inner.start.get_mut() = Some(start);
+        self
+    }
+
+    /// Writes the run's deferred start, if any, before the pass writes anything else; the
+    /// branches of a pass wait for the one that writes it.
+    async fn ensure_started(&self) -> Result<(), EngineError> {
+        let mut start = self.inner.start.lock().await;
+        if let Some(t) = start.as_ref() {
+            self.inner
+                .engine
+                .store()
+                .transition_run(&self.inner.run.run_id, t)
+                .await?;
+            *start = None;
+        }
+        Ok(())
     }
 
     /// The same branch (for the engine's own handle: no new step ids).
@@ -704,6 +735,9 @@ impl Ctx {
             return self.block(record).await;
         }
         let _active = self.activate();
+        if let Err(e) = self.ensure_started().await {
+            return self.interrupt(e).await;
+        }
         self.record_finished().await;
         let engine = &self.inner.engine;
         let record =
@@ -822,6 +856,10 @@ impl Ctx {
             return self.note_patch(marker);
         }
         let _active = self.activate();
+        if let Err(e) = self.ensure_started().await {
+            drop(_active);
+            return self.interrupt(e).await;
+        }
         // Written before the target's result when the pass has one (unlike a journaled send):
         // the answer does not depend on that result, and a replay that finds the marker
         // without the result re-runs the step and reads the same answer.
@@ -1254,6 +1292,8 @@ impl Ctx {
             finished: state.finished.take(),
             target_recorded: state.recorded == Some(true),
             lost: state.recorded == Some(false),
+            // Nothing holds it once the pass has ended (its futures are dropped).
+            start: self.inner.start.try_lock().ok().and_then(|mut s| s.take()),
         }
     }
 }

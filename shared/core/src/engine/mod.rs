@@ -873,6 +873,7 @@ impl Engine {
             // Not due yet by this clock: it is re-sent for when it is.
             return Ok(None);
         }
+        let mut start = None;
         if run.status == RunStatus::Queued {
             // Over a concurrency limit the run stays Queued: a freed slot starts it again.
             // Only a start sends the periodic re-check (a wake-up or re-drive would start a
@@ -890,7 +891,14 @@ impl Engine {
                 output: None,
                 error: None,
             };
-            store.transition_run(&run.run_id, &t).await?;
+            // A start's pass reads only what the run's event gives it: its move to Running
+            // waits for the pass's first write, or rides on the plan of the step the run
+            // starts with (one write instead of two).
+            if message.kind == MessageKind::Start {
+                start = Some(t);
+            } else {
+                store.transition_run(&run.run_id, &t).await?;
+            }
             run.status = RunStatus::Running;
         }
         let (mut journal, mut partial) = match (cached, fetched) {
@@ -975,7 +983,7 @@ impl Engine {
             .handler
             .clone()
             .expect("registered functions have a handler");
-        let ctx = Ctx::new(
+        let mut ctx = Ctx::new(
             self.clone(),
             run.clone(),
             function.clone(),
@@ -985,14 +993,31 @@ impl Engine {
             woken,
             now,
         );
+        if let Some(start) = start {
+            ctx = ctx.deferring_start(start);
+        }
         let mut pass = ctx.share().run_pass(handler(ctx, run.event.clone())).await;
         let own_queue = message.queue();
         // The target step's result, with the new steps the run goes on to in the same write.
         let mut planned = Vec::new();
         let mut lost = pass.lost;
         if let Some(step) = pass.finished.take() {
-            let next = self.planned_with_result(&run, &function, &pass, (scope, &own_queue));
-            if store.record_step(&step, &next).await? {
+            // A run that ends with this step ends in the same write.
+            let end = self.ends_with_step(&run, &pass);
+            let next = match end {
+                Some(_) => Vec::new(),
+                None => self.planned_with_result(&run, &function, &pass, (scope, &own_queue)),
+            };
+            let recorded = match &end {
+                Some(end) => store.record_step_and_end(&step, end).await?,
+                None => store.record_step(&step, &next).await?,
+            };
+            if recorded && end.is_some() {
+                self.journal_cache().forget(&run.run_id);
+                self.after_end(&run).await?;
+                return Ok(None);
+            }
+            if recorded {
                 // As a replay reading it back would see it: with the steps it planned.
                 let step = StepRecord {
                     planned: next.clone(),
@@ -1058,6 +1083,33 @@ impl Engine {
                 .await;
         }
         Ok(next)
+    }
+
+    /// The transition that ends the run, when the pass that finished its target step went on
+    /// to finish the run with nothing to write or send first: no retries, progress, failure
+    /// or invoker to tell (an invoked run tells its invoker before it ends, so its step's
+    /// result must be journaled first). The step's result and the run's end are then one
+    /// write ([`Store::record_step_and_end`]).
+    fn ends_with_step(&self, run: &RunRecord, pass: &PassResult) -> Option<RunTransition> {
+        let PassEnd::Finished(Ok(output)) = &pass.end else {
+            return None;
+        };
+        let nothing_first = pass.fatal.is_none()
+            && pass.interrupted.is_none()
+            && pass.unvisited.is_empty()
+            && pass.outbox.is_empty()
+            && pass
+                .progress
+                .as_ref()
+                .is_none_or(|p| Some(p) == run.progress.as_ref())
+            && run.event.name != FUNCTION_INVOKED;
+        (nothing_first && self.check_output(output).is_ok()).then(|| RunTransition {
+            from: vec![RunStatus::Running],
+            to: RunStatus::Completed,
+            ended_at: Some(self.now()),
+            output: Some(output.clone()),
+            error: None,
+        })
     }
 
     /// Steps planned at most in one write with a step's result: beyond them, each is planned
@@ -1132,7 +1184,7 @@ impl Engine {
         &self,
         run: &RunRecord,
         function: &Function,
-        pass: PassResult,
+        mut pass: PassResult,
         redrive: bool,
         (scope, own_queue): (InlineScope, &crate::model::QueueName),
         planned: Vec<StepRecord>,
@@ -1148,6 +1200,19 @@ impl Engine {
         self.send(retries).await?;
         if let Some(error) = pass.interrupted {
             return Err(error);
+        }
+        // A run that starts with this pass (see `handle_one`) and goes on with one step run
+        // here starts in that step's plan; otherwise it starts first, here.
+        let sound = pass.fatal.is_none() && pass.unvisited.is_empty();
+        let mut start = pass.start.take();
+        let start_with_step = sound
+            && matches!(pass.end, PassEnd::Blocked)
+            && !pass.target_recorded
+            && self.runs_inline(run, function, &pass.pending, (scope, own_queue), self.now());
+        if !start_with_step {
+            if let Some(t) = start.take() {
+                store.transition_run(&run.run_id, &t).await?;
+            }
         }
         if let Some(progress) = pass.progress.filter(|p| Some(p) != run.progress.as_ref()) {
             store.set_progress(&run.run_id, &progress).await?;
@@ -1233,7 +1298,11 @@ impl Engine {
                         batch.push(self.continuation(run, record));
                     } else if is_new && inline_step {
                         started(&mut record, now);
-                        if store.plan_step(&record).await? {
+                        let planned = match start.take() {
+                            Some(t) => store.start_run_with_step(&record, &t).await?,
+                            None => store.plan_step(&record).await?,
+                        };
+                        if planned {
                             self.send(batch).await?;
                             return Ok(Some(Inlined {
                                 message: self.continuation(run, &record).message,

@@ -129,6 +129,19 @@ pub trait Store: Send + Sync + 'static {
     /// scheduled"). True when written: the caller then enqueues it.
     async fn plan_step(&self, step: &StepRecord) -> StoreResult<bool>;
 
+    /// Moves the run on (`start`: its move to Running, applied only from a status in
+    /// `start.from`) and plans its first step: what [`Store::transition_run`] and then
+    /// [`Store::plan_step`] do, in one write where the backend can (SQLite: one transaction).
+    /// True when the step was planned.
+    async fn start_run_with_step(
+        &self,
+        step: &StepRecord,
+        start: &RunTransition,
+    ) -> StoreResult<bool> {
+        self.transition_run(&step.run_id, start).await?;
+        self.plan_step(step).await
+    }
+
     /// Starts attempt `attempt` (1-based) of `step`, the step as the caller knows it (as planned):
     /// applied when the step is absent (it is then written from `step`: a step planned in the
     /// result of the one before it, see [`Store::record_step`]) or not final with an attempt
@@ -174,6 +187,22 @@ pub trait Store: Send + Sync + 'static {
     /// written instead of one per step): [`Store::journal`] lists them as planned, while
     /// [`Store::get_step`] does not find them; the entry's [`StepRecord::planned`] holds them.
     async fn record_step(&self, step: &StepRecord, next: &[StepRecord]) -> StoreResult<bool>;
+
+    /// Journals the result of a run's last step and ends the run: what [`Store::record_step`]
+    /// (with nothing next) and then, when it recorded, [`Store::transition_run`] do, in one
+    /// write where the backend can (SQLite: one transaction). True when this call recorded the
+    /// step; the transition is applied, as ever, only from a status in `end.from`.
+    async fn record_step_and_end(
+        &self,
+        step: &StepRecord,
+        end: &RunTransition,
+    ) -> StoreResult<bool> {
+        if !self.record_step(step, &[]).await? {
+            return Ok(false);
+        }
+        self.transition_run(&step.run_id, end).await?;
+        Ok(true)
+    }
 
     // ---- coordination entries ----
     //
