@@ -313,6 +313,17 @@ impl Store for TimedStore {
     async fn record_step(&self, step: &StepRecord, next: &[StepRecord]) -> StoreResult<bool> {
         timed!(self, "record_step", self.inner.record_step(step, next))
     }
+    async fn start_run_with_step(
+        &self,
+        step: &StepRecord,
+        start: &RunTransition,
+    ) -> StoreResult<bool> {
+        timed!(
+            self,
+            "start_run_with_step",
+            self.inner.start_run_with_step(step, start)
+        )
+    }
     async fn record_step_and_end(
         &self,
         step: &StepRecord,
