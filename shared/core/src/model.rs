@@ -469,6 +469,19 @@ pub struct RunTransition {
     pub error: Option<ErrorInfo>,
 }
 
+impl RunTransition {
+    /// A run's start: Queued to Running.
+    pub fn start() -> RunTransition {
+        RunTransition {
+            from: vec![RunStatus::Queued],
+            to: RunStatus::Running,
+            ended_at: None,
+            output: None,
+            error: None,
+        }
+    }
+}
+
 /// How deeply `value` nests: a scalar is 0, an empty or flat array or object 1, and each level
 /// of arrays and objects inside adds one. Iterative: any parsed value is safe to measure.
 pub fn json_depth(value: &Value) -> usize {

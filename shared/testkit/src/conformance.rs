@@ -463,13 +463,7 @@ pub async fn run_transitions(store: &dyn Store) {
             .expect("set_progress")
     );
 
-    let start = RunTransition {
-        from: vec![RunStatus::Queued],
-        to: RunStatus::Running,
-        ended_at: None,
-        output: None,
-        error: None,
-    };
+    let start = RunTransition::start();
     assert!(
         store
             .transition_run(&r.run_id, &start)
@@ -585,13 +579,7 @@ pub async fn run_progress(store: &dyn Store) {
     );
     assert_eq!(get_run(store, &r.run_id).await.progress, Some(p1));
 
-    let start = RunTransition {
-        from: vec![RunStatus::Queued],
-        to: RunStatus::Running,
-        ended_at: None,
-        output: None,
-        error: None,
-    };
+    let start = RunTransition::start();
     assert!(
         store
             .transition_run(&r.run_id, &start)
@@ -1092,13 +1080,7 @@ pub async fn journal_order(store: &dyn Store) {
 pub async fn start_run_with_step(store: &dyn Store) {
     let run_id = new_id();
     create(store, &run(&run_id, "fn-a", "ev-1", t0())).await;
-    let start = RunTransition {
-        from: vec![RunStatus::Queued],
-        to: RunStatus::Running,
-        ended_at: None,
-        output: None,
-        error: None,
-    };
+    let start = RunTransition::start();
     let first = StepRecord {
         status: StepStatus::Running,
         attempts: 1,
@@ -1376,16 +1358,7 @@ pub async fn record_step_and_end(store: &dyn Store) {
 
     assert!(
         store
-            .transition_run(
-                &run_id,
-                &RunTransition {
-                    from: vec![RunStatus::Queued],
-                    to: RunStatus::Running,
-                    ended_at: None,
-                    output: None,
-                    error: None,
-                }
-            )
+            .transition_run(&run_id, &RunTransition::start())
             .await
             .unwrap()
     );

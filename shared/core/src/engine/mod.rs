@@ -884,20 +884,15 @@ impl Engine {
                 }
                 return Ok(None);
             }
-            let t = RunTransition {
-                from: vec![RunStatus::Queued],
-                to: RunStatus::Running,
-                ended_at: None,
-                output: None,
-                error: None,
-            };
-            // A start's pass reads only what the run's event gives it: its move to Running
-            // waits for the pass's first write, or rides on the plan of the step the run
-            // starts with (one write instead of two).
+            // A start's move to Running is written before the first write its pass makes,
+            // or with the plan of the step the run starts with (one write instead of two:
+            // see `conclude`). Any other message that finds the run Queued writes it at once.
             if message.kind == MessageKind::Start {
-                start = Some(t);
+                start = Some(RunTransition::start());
             } else {
-                store.transition_run(&run.run_id, &t).await?;
+                store
+                    .transition_run(&run.run_id, &RunTransition::start())
+                    .await?;
             }
             run.status = RunStatus::Running;
         }
